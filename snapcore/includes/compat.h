@@ -1,0 +1,105 @@
+/* C shims for snapcore: raw syscalls glibc may not wrap, and byte packing.
+ *
+ * Kernel-version #ifdefs live here and nowhere else. Only <sys/mount.h> is
+ * included, never <linux/mount.h>: the two clash from glibc 2.36 on
+ * (systemd#23992), so the new mount API's constants are defined below when
+ * an older glibc lacks them.
+ */
+#ifndef SNAPCORE_COMPAT_H
+#define SNAPCORE_COMPAT_H
+
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+#include <fcntl.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/mount.h>
+
+/* ---- getdents64 ---------------------------------------------------------- */
+
+struct snap_dirent64 {
+    uint64_t d_ino;
+    int64_t d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+static inline ssize_t snap_getdents64(int fd, void *buf, size_t n) {
+    return syscall(SYS_getdents64, fd, buf, n);
+}
+
+/* ---- the new mount API (Linux 5.2; lowerdir+ by fd since 6.8) ------------ */
+
+#ifndef FSOPEN_CLOEXEC
+#define FSOPEN_CLOEXEC 0x00000001
+#endif
+#ifndef FSMOUNT_CLOEXEC
+#define FSMOUNT_CLOEXEC 0x00000001
+#endif
+#ifndef FSCONFIG_SET_FLAG
+#define FSCONFIG_SET_FLAG 0
+#define FSCONFIG_SET_STRING 1
+#define FSCONFIG_SET_BINARY 2
+#define FSCONFIG_SET_PATH 3
+#define FSCONFIG_SET_PATH_EMPTY 4
+#define FSCONFIG_SET_FD 5
+#define FSCONFIG_CMD_CREATE 6
+#define FSCONFIG_CMD_RECONFIGURE 7
+#endif
+#ifndef MOVE_MOUNT_F_EMPTY_PATH
+#define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
+#endif
+#ifndef MOUNT_ATTR_RDONLY
+#define MOUNT_ATTR_RDONLY 0x00000001
+#define MOUNT_ATTR_NOSUID 0x00000002
+#define MOUNT_ATTR_NODEV 0x00000004
+#define MOUNT_ATTR_NOEXEC 0x00000008
+#define MOUNT_ATTR_RELATIME 0x00000000
+#define MOUNT_ATTR_NOATIME 0x00000010
+#define MOUNT_ATTR_STRICTATIME 0x00000020
+#endif
+#ifndef SYS_fsopen
+#define SYS_fsopen 430
+#define SYS_fsconfig 431
+#define SYS_fsmount 432
+#define SYS_move_mount 429
+#endif
+
+static inline int snap_fsopen(const char *fsname, unsigned int flags) {
+    return (int)syscall(SYS_fsopen, fsname, flags);
+}
+
+static inline int snap_fsconfig(int fd, unsigned int cmd, const char *key,
+                                const void *value, int aux) {
+    return (int)syscall(SYS_fsconfig, fd, cmd, key, value, aux);
+}
+
+static inline int snap_fsmount(int fd, unsigned int flags, unsigned int attr) {
+    return (int)syscall(SYS_fsmount, fd, flags, attr);
+}
+
+static inline int snap_move_mount(int from_dfd, const char *from_path,
+                                  int to_dfd, const char *to_path,
+                                  unsigned int flags) {
+    return (int)syscall(SYS_move_mount, from_dfd, from_path, to_dfd, to_path, flags);
+}
+
+/* ---- fixed-width big-endian integers (keep LMDB order numeric) ----------- */
+
+static inline void snap_pack_be64(char *buf, uint64_t x) {
+    for (int i = 7; i >= 0; i--) {
+        buf[i] = (char)(x & 0xff);
+        x >>= 8;
+    }
+}
+
+static inline uint64_t snap_unpack_be64(const char *buf) {
+    uint64_t x = 0;
+    for (int i = 0; i < 8; i++)
+        x = (x << 8) | (unsigned char)buf[i];
+    return x;
+}
+
+#endif /* SNAPCORE_COMPAT_H */

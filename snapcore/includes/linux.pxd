@@ -1,0 +1,59 @@
+# Declarations only: the C functions and constants snapcore calls.
+from libc.stdint cimport uint64_t, int64_t
+from posix.types cimport mode_t, off_t
+
+
+cdef extern from "<sys/stat.h>" nogil:
+    # Declared here with the fields du needs; the real struct has more.
+    cdef struct stat:
+        uint64_t st_dev
+        uint64_t st_ino
+        mode_t st_mode
+        uint64_t st_nlink
+        off_t st_size
+        int64_t st_blocks
+    int fstatat(int dirfd, const char *path, stat *buf, int flags)
+    int fstat(int fd, stat *buf)
+    bint S_ISDIR(mode_t m)
+
+cdef extern from "<fcntl.h>" nogil:
+    int openat(int dirfd, const char *path, int flags, ...)
+    int open(const char *path, int flags, ...)
+    int O_RDONLY, O_DIRECTORY, O_NOFOLLOW, O_CLOEXEC, O_PATH
+    int AT_FDCWD, AT_SYMLINK_NOFOLLOW, AT_EMPTY_PATH
+
+cdef extern from "<unistd.h>" nogil:
+    int close(int fd)
+
+cdef extern from "<sys/mount.h>" nogil:
+    int c_mount "mount" (const char *source, const char *target,
+                         const char *fstype, unsigned long flags, const void *data)
+    int umount2(const char *target, int flags)
+    unsigned long MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_SYNCHRONOUS
+    unsigned long MS_REMOUNT, MS_MANDLOCK, MS_DIRSYNC, MS_NOATIME, MS_NODIRATIME
+    unsigned long MS_BIND, MS_MOVE, MS_REC, MS_SILENT, MS_RELATIME, MS_STRICTATIME
+    unsigned long MS_PRIVATE, MS_SLAVE, MS_SHARED, MS_UNBINDABLE, MS_LAZYTIME
+    int MNT_FORCE, MNT_DETACH, MNT_EXPIRE, UMOUNT_NOFOLLOW
+
+cdef extern from "includes/compat.h" nogil:
+    cdef struct snap_dirent64:
+        uint64_t d_ino
+        int64_t d_off
+        unsigned short d_reclen
+        unsigned char d_type
+        char d_name[1]
+    ssize_t snap_getdents64(int fd, void *buf, size_t n)
+
+    int snap_fsopen(const char *fsname, unsigned int flags)
+    int snap_fsconfig(int fd, unsigned int cmd, const char *key, const void *value, int aux)
+    int snap_fsmount(int fd, unsigned int flags, unsigned int attr)
+    int snap_move_mount(int from_dfd, const char *from_path, int to_dfd,
+                        const char *to_path, unsigned int flags)
+    unsigned int FSOPEN_CLOEXEC, FSMOUNT_CLOEXEC, MOVE_MOUNT_F_EMPTY_PATH
+    unsigned int FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FSCONFIG_SET_FD
+    unsigned int FSCONFIG_CMD_CREATE
+    unsigned int MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC
+    unsigned int MOUNT_ATTR_RELATIME, MOUNT_ATTR_NOATIME, MOUNT_ATTR_STRICTATIME
+
+    void snap_pack_be64(char *buf, uint64_t x)
+    uint64_t snap_unpack_be64(const char *buf)
