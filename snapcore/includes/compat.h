@@ -60,6 +60,9 @@ static inline ssize_t snap_getdents64(int fd, void *buf, size_t n) {
 #define MOUNT_ATTR_NOATIME 0x00000010
 #define MOUNT_ATTR_STRICTATIME 0x00000020
 #endif
+#ifndef MOUNT_ATTR_NODIRATIME
+#define MOUNT_ATTR_NODIRATIME 0x00000080
+#endif
 #ifndef SYS_fsopen
 #define SYS_fsopen 430
 #define SYS_fsconfig 431

@@ -24,6 +24,21 @@ cdef extern from "<fcntl.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
+    ssize_t c_read "read" (int fd, void *buf, size_t n)
+    int fchdir(int fd)
+
+cdef extern from "<sched.h>" nogil:
+    # mount.pyx's fallback helper thread: its own cwd (unshare(CLONE_FS))
+    int unshare(int flags)
+    int CLONE_FS
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    ctypedef struct pthread_attr_t:
+        pass
+    int pthread_create(pthread_t *thread, const pthread_attr_t *attr,
+                       void *(*start)(void *) noexcept nogil, void *arg)
+    int pthread_join(pthread_t thread, void **retval)
 
 cdef extern from "<sys/mount.h>" nogil:
     int c_mount "mount" (const char *source, const char *target,
@@ -54,6 +69,7 @@ cdef extern from "includes/compat.h" nogil:
     unsigned int FSCONFIG_CMD_CREATE
     unsigned int MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC
     unsigned int MOUNT_ATTR_RELATIME, MOUNT_ATTR_NOATIME, MOUNT_ATTR_STRICTATIME
+    unsigned int MOUNT_ATTR_NODIRATIME
 
     void snap_pack_be64(char *buf, uint64_t x)
     uint64_t snap_unpack_be64(const char *buf)
