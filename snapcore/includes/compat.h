@@ -105,4 +105,18 @@ static inline uint64_t snap_unpack_be64(const char *buf) {
     return x;
 }
 
+static inline void snap_pack_be32(char *buf, uint32_t x) {
+    for (int i = 3; i >= 0; i--) {
+        buf[i] = (char)(x & 0xff);
+        x >>= 8;
+    }
+}
+
+static inline uint32_t snap_unpack_be32(const char *buf) {
+    uint32_t x = 0;
+    for (int i = 0; i < 4; i++)
+        x = (x << 8) | (unsigned char)buf[i];
+    return x;
+}
+
 #endif /* SNAPCORE_COMPAT_H */

@@ -1,5 +1,5 @@
 # Declarations only: the C functions and constants snapcore calls.
-from libc.stdint cimport uint64_t, int64_t
+from libc.stdint cimport uint32_t, uint64_t, int64_t
 from posix.types cimport mode_t, off_t
 
 
@@ -73,3 +73,5 @@ cdef extern from "includes/compat.h" nogil:
 
     void snap_pack_be64(char *buf, uint64_t x)
     uint64_t snap_unpack_be64(const char *buf)
+    void snap_pack_be32(char *buf, uint32_t x)
+    uint32_t snap_unpack_be32(const char *buf)
