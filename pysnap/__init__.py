@@ -1,6 +1,7 @@
 """pysnap: a layered-filesystem snapshotter, containerd's overlay model with a Cython core."""
 
 from . import errors
+from .mounts import mount_all, mounted, unmount, unmount_all
 from .types import Info, Kind, Mount, Usage
 
 __all__ = [
@@ -9,5 +10,9 @@ __all__ = [
     "Mount",
     "Usage",
     "errors",
+    "mount_all",
+    "mounted",
+    "unmount",
+    "unmount_all",
 ]
 __version__ = "0.1.0"
