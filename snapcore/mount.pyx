@@ -445,11 +445,13 @@ cdef int _raise_seq(_result *res, fstype, source, target, list items) except -1:
         what, path, path2 = "move_mount", source, target
     else:
         cmd, key, value = items[stage]
+        # "lowerdir+ #501 of 501" says more than a position among all params
+        nth = sum(1 for it in items[:stage + 1] if it[1] == key)
+        of = sum(1 for it in items if it[1] == key)
         if res.opening:
-            what = f"open(O_PATH) for fsconfig {key!r} (param {stage + 1} of {len(items)})"
+            what = f"open(O_PATH) for fsconfig {key!r} #{nth} of {of}"
         else:
-            what = (f"fsconfig({_PARAM_NAMES[cmd]} {key!r}) "
-                    f"(param {stage + 1} of {len(items)})")
+            what = f"fsconfig({_PARAM_NAMES[cmd]} {key!r}) #{nth} of {of}"
         path, path2 = (key if value is None else value), target
     try:
         raise_oserror(res.err, path, path2)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import tempfile
+from collections.abc import Iterator
 
 import pytest
 
@@ -27,3 +31,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "root" in item.keywords:
             item.add_marker(skip)
+
+
+def _tmp_mounts() -> set[bytes]:
+    """Mount points under the temporary directory, as /proc/self/mountinfo lists them."""
+    tmp = os.fsencode(os.path.realpath(tempfile.gettempdir())) + b"/"
+    with open("/proc/self/mountinfo", "rb") as f:
+        points = (line.split(b" ")[4] for line in f)
+        # mountinfo escapes space, tab, newline and backslash as \ooo
+        return {
+            p
+            for p in (re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), q) for q in points)
+            if p.startswith(tmp)
+        }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_mounts_left_behind() -> Iterator[None]:
+    """After the run, nothing the tests mounted under the temporary directory remains."""
+    before = _tmp_mounts()
+    yield
+    left = _tmp_mounts() - before
+    if not left:
+        return
+    from snapcore import mount as _sys
+
+    for point in sorted(left, key=len, reverse=True):
+        with contextlib.suppress(OSError):
+            _sys.umount(point, _sys.MNT_DETACH)
+    pytest.fail(f"mounts left behind (now detached): {sorted(os.fsdecode(p) for p in left)}")

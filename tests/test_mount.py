@@ -1,0 +1,489 @@
+"""Real mounts through pysnap.mounts: bind, rbind, overlay of 1 to 500 layers, the fallback.
+
+Every test unmounts in its teardown; conftest checks after the run that
+nothing is left mounted under the temporary directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import pysnap
+from pysnap import Mount, mounted, unmount, unmount_all
+from pysnap import mounts as pm
+from pysnap.errors import InvalidArgumentError
+from snapcore import mount as _sys
+
+pytestmark = pytest.mark.root
+
+
+# ---- helpers ----------------------------------------------------------------------
+
+
+def _unescape(p: str) -> str:
+    for code, ch in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        p = p.replace(code, ch)
+    return p
+
+
+def mountinfo(target: Path | str) -> list[str]:
+    """The mountinfo lines whose mount point is ``target`` (bottom first)."""
+    t = os.path.realpath(target)
+    with open("/proc/self/mountinfo") as f:
+        return [line for line in f if _unescape(line.split(" ")[4]) == t]
+
+
+def mounts_under(root: Path) -> list[str]:
+    r = os.path.realpath(root) + "/"
+    with open("/proc/self/mountinfo") as f:
+        return [p for p in (_unescape(line.split(" ")[4]) for line in f) if p.startswith(r)]
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Iterator[Path]:
+    t = tmp_path / "mnt"
+    t.mkdir()
+    yield t
+    _teardown(t)
+
+
+def _teardown(t: Path) -> None:
+    for sub in sorted(mounts_under(t), key=len, reverse=True):
+        unmount_all(sub, detach=True)
+    unmount_all(t, detach=True)
+
+
+@pytest.fixture
+def long_root(tmp_path: Path) -> Path:
+    """A directory whose path is over 300 bytes long."""
+    root = tmp_path / ("r" * 120) / ("o" * 120) / ("t" * 60)
+    root.mkdir(parents=True)
+    assert len(os.fsencode(root)) > 300
+    return root
+
+
+@pytest.fixture
+def method() -> Iterator[None]:
+    """Restore the automatic overlay method after a test that forces one."""
+    yield
+    pm.set_overlay_method(None)
+
+
+def make_chain(root: Path, n: int, *, name_len: int = 200) -> list[Path]:
+    """n lower layers, top first, with long names: each has ``common`` (its index),
+    ``own-i`` and ``pair-i`` (also in the layer below, so the upper copy must win),
+    a whiteout of ``gone-i+1`` and an opaque ``opq`` over the layer below's."""
+    layers = [root / f"layer-{i:03d}-{'x' * name_len}" for i in range(n)]
+    for i, d in enumerate(layers):
+        (d / "opq").mkdir(parents=True)
+        (d / "common").write_text(str(i))
+        (d / f"own-{i}").write_text(str(i))
+        (d / f"pair-{i}").write_text(f"top {i}")
+        (d / f"gone-{i}").write_text(str(i))
+        (d / "opq" / f"child-{i}").write_text(str(i))
+        if i > 0:
+            (d / f"pair-{i - 1}").write_text(f"under {i}")
+        if i + 1 < n:
+            # char device 0/0 hides the layer below's file; trusted.overlay.opaque=y
+            # hides the children of the layer below's opq
+            os.mknod(d / f"gone-{i + 1}", stat.S_IFCHR | 0o600, os.makedev(0, 0))
+            os.setxattr(d / "opq", "trusted.overlay.opaque", b"y")
+    return layers
+
+
+def check_chain(merged: Path, n: int) -> None:
+    assert (merged / "common").read_text() == "0"
+    names = set(os.listdir(merged))
+    for i in range(n):
+        assert (merged / f"own-{i}").read_text() == str(i)
+        assert (merged / f"pair-{i}").read_text() == f"top {i}"
+    assert (merged / "gone-0").read_text() == "0"
+    assert not any(f"gone-{i}" in names for i in range(1, n))
+    assert os.listdir(merged / "opq") == ["child-0"]
+
+
+def overlay(lowers: list[Path], upper: Path | None = None, work: Path | None = None) -> Mount:
+    opts = []
+    if work is not None:
+        opts.append(f"workdir={work}")
+    if upper is not None:
+        opts.append(f"upperdir={upper}")
+    opts.append("lowerdir=" + ":".join(map(str, lowers)))
+    opts.append("index=off")
+    return Mount(type="overlay", source="overlay", options=tuple(opts))
+
+
+def upper_work(root: Path) -> tuple[Path, Path]:
+    upper, work = root / ("upper-" + "u" * 200), root / ("work-" + "w" * 200)
+    upper.mkdir()
+    work.mkdir()
+    return upper, work
+
+
+# ---- the package's surface ------------------------------------------------------------
+
+
+def test_exports() -> None:
+    for name in ("Mount", "mount_all", "unmount", "unmount_all", "mounted"):
+        assert name in pysnap.__all__
+        assert hasattr(pysnap, name)
+
+
+def test_parse_options() -> None:
+    p = pm.parse_options(["ro", "rbind", "nosuid", "rprivate", "index=off", "userxattr", "rw"])
+    assert p.flags == _sys.MS_BIND | _sys.MS_REC | _sys.MS_NOSUID
+    assert p.propagation == (_sys.MS_PRIVATE | _sys.MS_REC,)
+    assert p.data == ("index=off", "userxattr")
+
+
+# ---- bind --------------------------------------------------------------------------
+
+
+def test_bind_rw(tmp_path: Path, target: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("hi")
+    Mount("bind", str(src), ("rw", "rbind")).mount(str(target))
+    assert (target / "f").read_text() == "hi"
+    (target / "g").write_text("new")
+    assert (src / "g").read_text() == "new"
+    unmount(target)
+    assert not mountinfo(target)
+
+
+def test_bind_ro_is_read_only(tmp_path: Path, target: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("hi")
+    pysnap.mount_all([Mount("bind", str(src), ("ro", "rbind"))], target)
+    (line,) = mountinfo(target)
+    assert line.split(" ")[5].split(",")[0] == "ro"
+    assert (target / "f").read_text() == "hi"
+    with pytest.raises(OSError) as exc:
+        (target / "g").write_text("no")
+    assert exc.value.errno == errno.EROFS
+    unmount(target)
+
+
+def test_rbind_keeps_submount_and_bind_does_not(tmp_path: Path, target: Path) -> None:
+    tree, other = tmp_path / "tree", tmp_path / "other"
+    (tree / "sub").mkdir(parents=True)
+    other.mkdir()
+    (other / "inside").write_text("submount")
+    Mount("bind", str(other), ("rbind",)).mount(tree / "sub")
+    try:
+        Mount("bind", str(tree), ("rbind",)).mount(target)
+        assert (target / "sub" / "inside").read_text() == "submount"
+        assert mountinfo(target / "sub")
+        _teardown(target)
+        Mount("bind", str(tree), ("bind",)).mount(target)
+        assert os.listdir(target / "sub") == []
+        unmount(target)
+    finally:
+        _teardown(target)
+        unmount_all(tree / "sub")
+
+
+# ---- overlay by the automatic path -------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 128, 500])
+def test_overlay_layers(long_root: Path, target: Path, n: int) -> None:
+    layers = make_chain(long_root, n)
+    upper, work = upper_work(long_root)
+    m = overlay(layers, upper, work)
+    if n >= 128:
+        assert len(",".join(m.options)) > 4096 * 4  # far past a page
+    m.mount(target)
+    try:
+        check_chain(target, n)
+        (target / "written").write_text("up")
+        assert (upper / "written").read_text() == "up"
+        os.unlink(target / "own-0")
+        assert stat.S_ISCHR(os.lstat(upper / "own-0").st_mode)  # a whiteout in the upper
+        assert len(mountinfo(target)) == 1
+    finally:
+        unmount(target)
+    assert not mountinfo(target)
+
+
+def test_overlay_read_only_view(long_root: Path, target: Path) -> None:
+    layers = make_chain(long_root, 130)
+    Mount("overlay", "overlay", ("lowerdir=" + ":".join(map(str, layers)), "ro")).mount(target)
+    try:
+        check_chain(target, 130)
+        with pytest.raises(OSError) as exc:
+            (target / "x").write_text("no")
+        assert exc.value.errno == errno.EROFS
+    finally:
+        unmount(target)
+
+
+def test_overlay_501_layers_fails_clearly(long_root: Path, target: Path) -> None:
+    layers = make_chain(long_root, 501, name_len=20)
+    with pytest.raises(OSError) as exc:
+        overlay(layers).mount(target)
+    assert exc.value.errno == errno.EINVAL
+    notes = "\n".join(exc.value.__notes__)
+    assert "at most 500 lower layers; this mount has 501" in notes
+    assert os.fspath(exc.value.filename2) == str(target)
+    assert not mountinfo(target)
+
+
+# ---- the fallback: relative paths from a helper thread -------------------------------------
+
+
+def snapshot_chain(root: Path, ids: range) -> tuple[list[Path], Path, Path]:
+    """Committed snapshots ``snapshots/<id>/fs`` (top = last id) and an active one above."""
+    snaps = root / "snapshots"
+    layers = []
+    for k, i in enumerate(ids):
+        fs = snaps / str(i) / "fs"
+        fs.mkdir(parents=True)
+        (fs / "common").write_text(str(i))
+        (fs / f"own-{i}").write_text(str(k))
+        layers.append(fs)
+    active = snaps / str(ids[-1] + 1)
+    (active / "fs").mkdir(parents=True)
+    (active / "work").mkdir()
+    return layers[::-1], active / "fs", active / "work"
+
+
+@pytest.mark.parametrize("n", [1, 2, 128])
+def test_fallback_relative(long_root: Path, target: Path, method: None, n: int) -> None:
+    pm.set_overlay_method("relative")
+    lowers, upper, work = snapshot_chain(long_root, range(1, n + 1))
+    cwd = os.getcwd()
+    overlay(lowers, upper, work).mount(target)
+    try:
+        assert os.getcwd() == cwd
+        (line,) = mountinfo(target)
+        assert f"lowerdir={n}/fs:" in line or f"lowerdir={n}/fs," in line  # relative
+        assert (target / "common").read_text() == str(n)
+        assert sorted(os.listdir(target)) == sorted(
+            ["common", *(f"own-{i}" for i in range(1, n + 1))]
+        )
+        (target / "w").write_text("x")
+        assert (upper / "w").read_text() == "x"
+    finally:
+        unmount(target)
+
+
+@pytest.mark.parametrize("forced", ["relative", "legacy"])
+def test_fallback_too_long_for_a_page(
+    long_root: Path, target: Path, method: None, forced: pm.OverlayMethod
+) -> None:
+    pm.set_overlay_method(forced)
+    # ids that have grown to 7 digits: "1000123/fs:" * 450 is still past a page
+    lowers, upper, work = snapshot_chain(long_root, range(1_000_000, 1_000_450))
+    with pytest.raises(InvalidArgumentError, match=r"450 layers need \d+ bytes.*6\.8"):
+        overlay(lowers, upper, work).mount(target)
+    assert not mountinfo(target)
+
+
+@pytest.mark.parametrize("forced", ["relative", "fd"])
+def test_threads_mount_in_the_right_place(
+    tmp_path: Path, method: None, forced: pm.OverlayMethod
+) -> None:
+    pm.set_overlay_method(forced)
+    n_threads, rounds = 8, 15
+    chains = []
+    for t in range(n_threads):
+        root = tmp_path / f"t{t}"
+        lowers, upper, work = snapshot_chain(root, range(1, 4))
+        (lowers[-1] / "whoami").write_text(str(t))
+        tgt = root / "mnt"
+        tgt.mkdir()
+        chains.append((overlay(lowers, upper, work), tgt))
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(n_threads)
+
+    def worker(t: int) -> None:
+        m, tgt = chains[t]
+        try:
+            barrier.wait()
+            for _ in range(rounds):
+                m.mount(tgt)
+                try:
+                    assert (tgt / "whoami").read_text() == str(t)
+                    assert len(mountinfo(tgt)) == 1
+                finally:
+                    unmount(tgt)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for _, tgt in chains:
+        _teardown(tgt)
+    assert not errors, errors
+    assert not mounts_under(tmp_path)
+
+
+# ---- the new API with fds, forced -----------------------------------------------------------
+
+
+def test_fd_path_with_options(long_root: Path, target: Path, method: None) -> None:
+    pm.set_overlay_method("fd")
+    layers = make_chain(long_root, 3)
+    upper, work = upper_work(long_root)
+    m = overlay(layers, upper, work)
+    Mount(m.type, m.source, (*m.options, "nosuid", "nodev", "private")).mount(target)
+    try:
+        check_chain(target, 3)
+        (line,) = mountinfo(target)
+        per_mount = line.split(" ")[5].split(",")
+        assert "nosuid" in per_mount and "nodev" in per_mount
+    finally:
+        unmount(target)
+
+
+# ---- bad input ---------------------------------------------------------------------------
+
+
+def test_unknown_type(tmp_path: Path, target: Path) -> None:
+    with pytest.raises(OSError) as exc:
+        Mount("nosuchfs", "none", ()).mount(target)
+    assert exc.value.errno == errno.ENODEV
+    assert (exc.value.filename, os.fspath(exc.value.filename2)) == ("none", str(target))
+    assert not mountinfo(target)
+
+
+def test_missing_source(tmp_path: Path, target: Path) -> None:
+    src = str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError) as exc:
+        Mount("bind", src, ("ro", "rbind")).mount(target)
+    assert (exc.value.filename, os.fspath(exc.value.filename2)) == (src, str(target))
+    assert any("mounting -t bind" in n for n in exc.value.__notes__)
+    assert not mountinfo(target)
+
+
+def test_missing_target(tmp_path: Path) -> None:
+    tgt = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError) as exc:
+        Mount("bind", str(tmp_path), ("rbind",)).mount(tgt)
+    assert (exc.value.filename, exc.value.filename2) == (str(tmp_path), tgt)
+    assert not mounts_under(tmp_path)
+
+
+@pytest.mark.parametrize("n", [2, 200])  # mount(2), then the new API (with the kernel's message)
+def test_option_the_kernel_rejects(long_root: Path, target: Path, n: int) -> None:
+    layers = make_chain(long_root, n, name_len=30)
+    m = overlay(layers)
+    with pytest.raises(OSError) as exc:
+        Mount(m.type, m.source, (*m.options, "nosuchoption=1")).mount(target)
+    assert exc.value.errno == errno.EINVAL
+    assert os.fspath(exc.value.filename2) == str(target)
+    if n > 2:
+        assert any("nosuchoption" in note for note in exc.value.__notes__)
+    assert not mountinfo(target)
+
+
+def test_missing_layer_by_fd(long_root: Path, target: Path) -> None:
+    layers = make_chain(long_root, 150, name_len=30)
+    missing = long_root / "missing-layer"
+    with pytest.raises(FileNotFoundError) as exc:
+        overlay([*layers[:100], missing, *layers[100:]]).mount(target)
+    assert exc.value.filename == str(missing)
+    assert os.fspath(exc.value.filename2) == str(target)
+    assert not mountinfo(target)
+
+
+@pytest.mark.parametrize("options", [("rbind", "ro"), ("rbind", "rprivate")])
+def test_failed_second_step_leaves_nothing(
+    tmp_path: Path, target: Path, monkeypatch: pytest.MonkeyPatch, options: tuple[str, ...]
+) -> None:
+    """The bind succeeds, the ro remount or the propagation call after it fails."""
+    src = tmp_path / "src"
+    src.mkdir()
+    real = _sys.mount
+    calls: list[int] = []
+
+    def second_fails(*args: object) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.EPERM, "injected", args[0], None, args[1])
+        real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_sys, "mount", second_fails)
+    with pytest.raises(PermissionError):
+        pm.mount_one(Mount("bind", str(src), options), target)
+    assert len(calls) == 2
+    assert not mountinfo(target)
+
+
+def test_mount_all_is_all_or_nothing(tmp_path: Path, target: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    with pytest.raises(OSError):
+        pysnap.mount_all(
+            [Mount("bind", str(src), ("rbind",)), Mount("nosuchfs", "none", ())], target
+        )
+    assert not mountinfo(target)
+
+
+# ---- unmount and mounted() -----------------------------------------------------------------
+
+
+def test_unmount_policy(tmp_path: Path, target: Path) -> None:
+    with pytest.raises(OSError) as exc:
+        unmount(target)
+    assert exc.value.errno == errno.EINVAL
+    unmount_all(target)  # nothing mounted: returns cleanly
+    src = tmp_path / "src"
+    src.mkdir()
+    for _ in range(3):
+        Mount("bind", str(src), ("rbind",)).mount(target)
+    assert len(mountinfo(target)) == 3
+    unmount_all(target)
+    assert not mountinfo(target)
+    Mount("bind", str(src), ("rbind",)).mount(target)
+    fd = os.open(target / ".", os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as exc:
+            unmount(target)  # busy after its retries
+        assert exc.value.errno == errno.EBUSY
+        unmount(target, detach=True)
+    finally:
+        os.close(fd)
+    assert not mountinfo(target)
+
+
+def test_mounted_cleans_up_on_error(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    seen = ""
+    with pytest.raises(KeyError), mounted([Mount("bind", str(src), ("ro", "rbind"))]) as where:
+        seen = where
+        assert Path(where, "f").read_text() == "x"
+        raise KeyError("body")
+    assert seen and not os.path.exists(seen)
+    assert not mountinfo(seen)
+
+
+def test_mounted_cleans_up_when_the_mount_fails(tmp_path: Path) -> None:
+    before = set(os.listdir(tmp_path))
+    with (
+        pytest.raises(FileNotFoundError),
+        mounted([Mount("bind", str(tmp_path / "missing"), ("rbind",))], dir=tmp_path),
+    ):
+        pytest.fail("not reached")
+    assert set(os.listdir(tmp_path)) == before
+
+
+def test_mounted_overlay(long_root: Path) -> None:
+    layers = make_chain(long_root, 300, name_len=50)
+    with mounted([overlay(layers)]) as where:
+        check_chain(Path(where), 300)
+    assert not os.path.exists(where)
