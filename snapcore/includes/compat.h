@@ -30,6 +30,26 @@ static inline ssize_t snap_getdents64(int fd, void *buf, size_t n) {
     return syscall(SYS_getdents64, fd, buf, n);
 }
 
+/* ---- relaxed atomics (du's workers: hints and progress counters) --------- */
+
+/* Flags read in du's hot loop without the mutex; the mutex orders the real
+ * hand-over of work, these only say "look". */
+static inline int snap_load_int(const int *p) {
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static inline void snap_store_int(int *p, int v) {
+    __atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
+
+static inline uint64_t snap_load_u64(const uint64_t *p) {
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static inline void snap_add_u64(uint64_t *p, uint64_t v) {
+    __atomic_add_fetch(p, v, __ATOMIC_RELAXED);
+}
+
 /* ---- the new mount API (Linux 5.2; lowerdir+ by fd since 6.8) ------------ */
 
 #ifndef FSOPEN_CLOEXEC

@@ -1,6 +1,7 @@
 # Declarations only: the C functions and constants snapcore calls.
 from libc.stdint cimport uint32_t, uint64_t, int64_t
-from posix.types cimport mode_t, off_t
+from posix.types cimport mode_t, off_t, sigset_t
+from posix.time cimport timespec
 
 
 cdef extern from "<sys/stat.h>" nogil:
@@ -27,18 +28,38 @@ cdef extern from "<unistd.h>" nogil:
     ssize_t c_read "read" (int fd, void *buf, size_t n)
     int fchdir(int fd)
 
-cdef extern from "<sched.h>" nogil:
-    # mount.pyx's fallback helper thread: its own cwd (unshare(CLONE_FS))
-    int unshare(int flags)
-    int CLONE_FS
-
 cdef extern from "<pthread.h>" nogil:
+    # du's worker threads: opaque types, the calls du makes.
     ctypedef unsigned long pthread_t
     ctypedef struct pthread_attr_t:
+        pass
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_mutexattr_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
+    ctypedef struct pthread_condattr_t:
         pass
     int pthread_create(pthread_t *thread, const pthread_attr_t *attr,
                        void *(*start)(void *) noexcept nogil, void *arg)
     int pthread_join(pthread_t thread, void **retval)
+    int pthread_mutex_init(pthread_mutex_t *m, const pthread_mutexattr_t *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+    int pthread_cond_init(pthread_cond_t *c, const pthread_condattr_t *attr)
+    int pthread_cond_destroy(pthread_cond_t *c)
+    int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
+    int pthread_cond_timedwait(pthread_cond_t *c, pthread_mutex_t *m, const timespec *abstime)
+    int pthread_cond_signal(pthread_cond_t *c)
+    int pthread_cond_broadcast(pthread_cond_t *c)
+    int pthread_sigmask(int how, const sigset_t *newset, sigset_t *oldset)
+
+cdef extern from "<sched.h>" nogil:
+    # mount.pyx's fallback helper thread: its own cwd (unshare(CLONE_FS))
+    int unshare(int flags)
+    int CLONE_FS
 
 cdef extern from "<sys/mount.h>" nogil:
     int c_mount "mount" (const char *source, const char *target,
@@ -58,6 +79,10 @@ cdef extern from "includes/compat.h" nogil:
         unsigned char d_type
         char d_name[1]
     ssize_t snap_getdents64(int fd, void *buf, size_t n)
+    int snap_load_int(const int *p)
+    void snap_store_int(int *p, int v)
+    uint64_t snap_load_u64(const uint64_t *p)
+    void snap_add_u64(uint64_t *p, uint64_t v)
 
     int snap_fsopen(const char *fsname, unsigned int flags)
     int snap_fsconfig(int fd, unsigned int cmd, const char *key, const void *value, int aux)
