@@ -225,3 +225,21 @@ def test_property_flipped_bytes(parent: str, labels: dict[str, str], data: st.Da
         rec[i] = data.draw(st.integers(0, 255))
     got = _outcome(keys, bytes(rec))
     assert got == _outcome(_reference, bytes(rec))
+
+
+def test_decode_infos_restores_gc_state() -> None:
+    import gc
+
+    rec = keys.encode_record(1, 1, "", {}, 0, 0)
+    assert gc.isenabled()
+    assert len(keys.decode_infos([(b"a", rec)] * 3)) == 3
+    assert gc.isenabled()
+    with pytest.raises(ValueError):
+        keys.decode_infos([(b"a", rec), (b"b", b"junk")])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        keys.decode_infos([(b"a", rec)])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
