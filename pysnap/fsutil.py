@@ -1,0 +1,166 @@
+"""Filesystem helpers for the snapshotter: removing trees of any depth.
+
+Python 3.11's ``shutil.rmtree`` recurses (one Python frame per level) and
+fails past about 1000 levels; a snapshot's upper directory can be deeper, and
+its paths longer than PATH_MAX. ``remove_tree`` walks with directory file
+descriptors and an explicit stack instead: no recursion, no long paths.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass, field
+
+__all__ = ["remove_tree"]
+
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass
+class _Frame:
+    """A directory being emptied: its name in the parent, identity, subdirectories left."""
+
+    name: bytes
+    dev: int
+    ino: int
+    subdirs: list[bytes] = field(default_factory=list)
+
+
+def _open_dir(name: bytes, dir_fd: int) -> int:
+    """Open a subdirectory; a mode-000 directory is made accessible first (non-root)."""
+    try:
+        return os.open(name, _OPEN_DIR, dir_fd=dir_fd)
+    except PermissionError:
+        os.chmod(name, 0o700, dir_fd=dir_fd)
+        return os.open(name, _OPEN_DIR, dir_fd=dir_fd)
+
+
+def _empty(fd: int, frame: _Frame) -> None:
+    """Unlink every non-directory in fd; remember the subdirectories in frame."""
+    made_writable = False
+    with os.scandir(fd) as it:
+        names = [(os.fsencode(e.name), e.is_dir(follow_symlinks=False)) for e in it]
+    for name, is_dir in names:
+        if is_dir:
+            frame.subdirs.append(name)
+            continue
+        try:
+            os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            if made_writable:
+                raise
+            os.chmod(fd, 0o700)  # a read-only directory: make it writable, once
+            made_writable = True
+            os.unlink(name, dir_fd=fd)
+        except IsADirectoryError:  # became a directory since the listing
+            frame.subdirs.append(name)
+
+
+def _rmdir(name: bytes, dir_fd: int) -> None:
+    try:
+        os.rmdir(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except PermissionError:
+        os.chmod(dir_fd, 0o700)
+        os.rmdir(name, dir_fd=dir_fd)
+
+
+def _reopen(root_fd: int, stack: list[_Frame], child_fd: int) -> int:
+    """An fd of stack[-1], the parent of child_fd: "..", checked, else by names from the root."""
+    want = stack[-1]
+    fd = os.open("..", _OPEN_DIR, dir_fd=child_fd)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) == (want.dev, want.ino):
+        return fd
+    os.close(fd)
+    # The tree moved under us: walk down again one name at a time.
+    fd = os.dup(root_fd)
+    for frame in stack[1:]:
+        try:
+            nfd = os.open(frame.name, _OPEN_DIR, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = nfd
+    return fd
+
+
+def remove_tree(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> None:
+    """Remove path and everything below it, at any depth; a missing path is a no-op.
+
+    Symlinks are removed, never followed. Read-only directories are made
+    writable (chmod) as needed. Iterative and fd-based (openat, unlinkat,
+    rmdir with dir_fd): one fd per level is never held, only the root's and
+    the current directory's, so neither depth nor path length is limited.
+
+    Raises:
+        OSError: from the kernel, other than for entries that vanish meanwhile.
+    """
+    top = os.fspath(path)
+    try:
+        st = os.lstat(top)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        try:
+            os.unlink(top)
+        except FileNotFoundError:
+            pass
+        return
+    try:
+        root_fd = os.open(top, _OPEN_DIR)
+    except FileNotFoundError:
+        return
+    except PermissionError:
+        os.chmod(top, 0o700)
+        root_fd = os.open(top, _OPEN_DIR)
+    try:
+        rst = os.fstat(root_fd)
+        stack = [_Frame(b"", rst.st_dev, rst.st_ino)]
+        fd = os.dup(root_fd)
+        try:
+            _empty(fd, stack[0])
+            while True:
+                frame = stack[-1]
+                if frame.subdirs:
+                    name = frame.subdirs.pop()
+                    try:
+                        child = _open_dir(name, fd)
+                    except FileNotFoundError:
+                        continue
+                    except OSError as e:
+                        if e.errno not in (errno.ENOTDIR, errno.ELOOP):
+                            raise
+                        os.unlink(name, dir_fd=fd)  # replaced by a file or a symlink
+                        continue
+                    cst = os.fstat(child)
+                    os.close(fd)
+                    fd = child
+                    stack.append(_Frame(name, cst.st_dev, cst.st_ino))
+                    _empty(fd, stack[-1])
+                    continue
+                if len(stack) == 1:
+                    break
+                # Empty now: climb to the parent and remove it from there.
+                stack.pop()
+                parent = _reopen(root_fd, stack, fd)
+                os.close(fd)
+                fd = parent
+                try:
+                    _rmdir(frame.name, fd)
+                except OSError as e:
+                    if e.errno != errno.ENOTEMPTY:
+                        raise
+                    stack[-1].subdirs.append(frame.name)  # filled meanwhile: again
+        finally:
+            os.close(fd)
+    finally:
+        os.close(root_fd)
+    try:
+        os.rmdir(top)
+    except FileNotFoundError:
+        pass

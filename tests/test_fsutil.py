@@ -1,0 +1,152 @@
+"""pysnap.fsutil.remove_tree: any depth, any path length, symlinks not followed."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pysnap.fsutil import remove_tree
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def make_chain(top: Path, depth: int, name: str = "d") -> None:
+    """top/d/d/.../d (depth levels) with a file at the bottom, by dir fds (no long paths)."""
+    top.mkdir()
+    fd = os.open(top, _DIR)
+    try:
+        for _ in range(depth):
+            os.mkdir(name, dir_fd=fd)
+            nfd = os.open(name, _DIR, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        os.close(os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
+def test_missing_path_is_a_noop(tmp_path: Path) -> None:
+    remove_tree(tmp_path / "nope")
+    remove_tree(os.fsencode(tmp_path / "nope"))
+
+
+def test_file_and_symlink_roots(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_text("x")
+    link = tmp_path / "link"
+    link.symlink_to(f)
+    remove_tree(link)
+    assert f.exists() and not link.is_symlink()
+    remove_tree(f)
+    assert not f.exists()
+
+
+def test_symlinks_inside_are_not_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("keep")
+    tree = tmp_path / "tree"
+    (tree / "a").mkdir(parents=True)
+    (tree / "a" / "to-dir").symlink_to(outside)
+    (tree / "a" / "to-file").symlink_to(outside / "keep")
+    (tree / "dangling").symlink_to(tmp_path / "nothing")
+    remove_tree(tree)
+    assert not tree.exists()
+    assert (outside / "keep").read_text() == "keep"
+
+
+def test_mixed_tree_bytes_path_and_odd_names(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    b = os.fsencode(tree)
+    os.mkdir(b + b"/\xff\xfe")
+    with open(b + b"/\xff\xfe/new\nline", "w") as fh:
+        fh.write("x")
+    os.mkfifo(b + b"/fifo")
+    for i in range(50):
+        (tree / f"d{i % 5}" / f"e{i}").mkdir(parents=True)
+        (tree / f"d{i % 5}" / f"e{i}" / "f").write_text("y")
+    os.link(tree / "d0" / "e0" / "f", tree / "hard")
+    remove_tree(b)
+    assert not tree.exists()
+
+
+def test_deep_chain(tmp_path: Path) -> None:
+    # Far past shutil.rmtree's recursion and PATH_MAX (2 bytes per level).
+    top = tmp_path / "deep"
+    make_chain(top, 10_000)
+    remove_tree(top)
+    assert not top.exists()
+
+
+def test_long_names_beyond_path_max(tmp_path: Path) -> None:
+    top = tmp_path / "long"
+    make_chain(top, 100, name="n" * 255)  # a 25,600-byte path
+    remove_tree(str(top))
+    assert not top.exists()
+
+
+def as_nobody(fn: Callable[[], object]) -> object:
+    """Run fn in a forked child that dropped to uid/gid 65534; its result or exception."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                out: object = ("ok", fn())
+            except BaseException as e:
+                out = ("err", e)
+            os.write(w, pickle.dumps(out))
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as fh:
+        data = fh.read()
+    os.waitpid(pid, 0)
+    kind, value = pickle.loads(data)
+    if kind == "err":
+        raise value
+    return value
+
+
+@pytest.fixture
+def public_tmp() -> Iterator[Path]:
+    """A temporary dir that uid 65534 can reach (pytest's tmp_path is root-only)."""
+    d = Path(tempfile.mkdtemp(prefix="pysnap-test-", dir="/tmp"))
+    os.chmod(d, 0o755)
+    yield d
+    remove_tree(d)
+
+
+def test_read_only_directories(tmp_path: Path, public_tmp: Path) -> None:
+    base = public_tmp if os.geteuid() == 0 else tmp_path
+    tree = base / "ro"
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "a" / "b" / "f").write_text("x")
+    (tree / "a" / "g").write_text("x")
+    os.chmod(tree / "a" / "b", 0o500)
+    os.chmod(tree / "a", 0o000)
+    if os.geteuid() == 0:
+        # root ignores the modes: check the chmod path as an unprivileged user
+        for dirpath, dirnames, filenames in os.walk(base):
+            for n in [*dirnames, *filenames]:
+                os.chown(os.path.join(dirpath, n), 65534, 65534)
+        os.chown(base, 65534, 65534)
+        as_nobody(lambda: remove_tree(tree))
+    else:
+        remove_tree(tree)
+    assert not tree.exists()
+
+
+def test_other_errors_raise(tmp_path: Path) -> None:
+    with pytest.raises(TypeError):
+        remove_tree(42)  # type: ignore[arg-type]
