@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -33,25 +32,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def _tmp_mounts() -> set[bytes]:
-    """Mount points under the temporary directory, as /proc/self/mountinfo lists them."""
-    tmp = os.fsencode(os.path.realpath(tempfile.gettempdir())) + b"/"
+def _mounts_under(base: str) -> set[bytes]:
+    """Mount points under ``base``, as /proc/self/mountinfo lists them."""
+    prefix = os.fsencode(os.path.realpath(base)) + b"/"
     with open("/proc/self/mountinfo", "rb") as f:
         points = (line.split(b" ")[4] for line in f)
         # mountinfo escapes space, tab, newline and backslash as \ooo
         return {
             p
             for p in (re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), q) for q in points)
-            if p.startswith(tmp)
+            if p.startswith(prefix)
         }
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _no_mounts_left_behind() -> Iterator[None]:
-    """After the run, nothing the tests mounted under the temporary directory remains."""
-    before = _tmp_mounts()
+def _no_mounts_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the run, nothing the tests mounted under this session's tmp_path base remains.
+
+    Scoped to this session's own base directory: the mount table is shared by
+    every process on the machine, and others' mounts are not ours to judge.
+    """
+    base = str(tmp_path_factory.getbasetemp())
     yield
-    left = _tmp_mounts() - before
+    left = _mounts_under(base)
     if not left:
         return
     from snapcore import mount as _sys

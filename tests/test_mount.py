@@ -484,6 +484,6 @@ def test_mounted_cleans_up_when_the_mount_fails(tmp_path: Path) -> None:
 
 def test_mounted_overlay(long_root: Path) -> None:
     layers = make_chain(long_root, 300, name_len=50)
-    with mounted([overlay(layers)]) as where:
+    with mounted([overlay(layers)], dir=long_root) as where:
         check_chain(Path(where), 300)
     assert not os.path.exists(where)
