@@ -37,6 +37,9 @@ EXIT_INTERRUPTED, EXIT_PIPE = 130, 141
 # Progress redraws at most this often (seconds): enough to look alive, few
 # enough writes that a fast walk is not slowed by its own display.
 PROGRESS_INTERVAL = 0.1
+# du asks for a progress call every this many inodes; the time limit above
+# decides which calls draw. (usage() walks with the snapshotter's default.)
+DU_PROGRESS_EVERY = 4096
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -386,7 +389,10 @@ def cmd_du(args: argparse.Namespace) -> None:
     results: list[tuple[str, Usage]] = []
     for path in args.paths:
         progress = _progress_for(f"du {path}")
-        size, inodes = disk_usage(path, progress=progress)
+        if progress is None:
+            size, inodes = disk_usage(path)
+        else:
+            size, inodes = disk_usage(path, progress=progress, progress_every=DU_PROGRESS_EVERY)
         _clear_progress()
         results.append((path, Usage(size, inodes)))
     if args.json:
