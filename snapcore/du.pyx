@@ -1076,3 +1076,59 @@ def disk_usage(*roots, apparent=False, threads=None, progress=None, progress_eve
             raise MemoryError()
         raise_oserror(err, path)
     return (size, inodes)
+
+
+def supports_d_type(path):
+    """Whether the filesystem at `path` fills d_type in getdents64 (overlayfs needs it).
+
+    containerd's fs.SupportsDType: make a temporary directory with a file in
+    it under `path`, read the directory back, look at the file's d_type.
+
+    Raises:
+        OSError: with errno and path, from creating or reading the test files.
+    """
+    import tempfile
+    cdef int fd, err = 0
+    cdef ssize_t n = 0, off
+    cdef char *buf
+    cdef linux.snap_dirent64 *d
+    cdef int found = -1
+    path = os.fspath(path)
+    tmp = tempfile.mkdtemp(prefix=b"d_type-test-" if isinstance(path, bytes) else "d_type-test-",
+                           dir=path)
+    try:
+        fd = os.open(tmp, OPEN_DIR)
+        try:
+            os.close(os.open("f", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=fd))
+            buf = <char *>malloc(BUFSZ)
+            if buf == NULL:
+                raise MemoryError()
+            try:
+                with nogil:
+                    while found < 0:
+                        n = linux.snap_getdents64(fd, buf, BUFSZ)
+                        if n < 0 and errno.errno == errno.EINTR:
+                            continue
+                        if n <= 0:
+                            err = errno.errno if n < 0 else 0
+                            break
+                        off = 0
+                        while off < n:
+                            d = <linux.snap_dirent64 *>(buf + off)
+                            off += d.d_reclen
+                            if d.d_name[0] == b'f' and d.d_name[1] == 0:
+                                found = d.d_type != 0      # DT_UNKNOWN
+                                break
+            finally:
+                free(buf)
+            if err:
+                raise_oserror(err, tmp)
+        finally:
+            try:
+                os.unlink("f", dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+    finally:
+        os.rmdir(tmp)
+    return found == 1
