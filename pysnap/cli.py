@@ -337,9 +337,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
                 sn.remove(key)
                 removed.append(key)
             except SnapshotError as e:
-                code = code or _fail(args, e.code, f"rm {key}: {e}", e.exit_code)
+                code = code or _fail(args, e.code, f"{args.command}: {e}", e.exit_code)
             except OSError as e:
-                code = code or _fail(args, _oserror_code(e), f"rm {key}: {e}", EXIT_OSERROR)
+                code = code or _fail(args, _oserror_code(e), f"{args.command}: {e}", EXIT_OSERROR)
     return code
 
 
