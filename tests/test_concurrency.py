@@ -26,7 +26,7 @@ from pysnap import Kind, OverlaySnapshotter  # noqa: E402
 
 WORKER = str(Path(__file__).with_name("snap_worker.py"))
 PROCESSES = 4
-OPS_PER_THREAD = int(os.environ.get("PYSNAP_CONCURRENCY_OPS", "150"))
+OPS_PER_THREAD = int(os.environ.get("PYSNAP_CONCURRENCY_OPS", "500"))
 
 
 def live_ids(sn: OverlaySnapshotter) -> set[str]:
