@@ -192,9 +192,7 @@ def run_random(root: str, run: str, seed: int, sync: bool) -> int:
         return sorted(n for n, (k, _, _) in snaps.items() if k == kind)
 
     for _ in range(MAX_OPS):
-        actives, views, committed = of_kind(Kind.ACTIVE), of_kind(Kind.VIEW), of_kind(
-            Kind.COMMITTED
-        )
+        actives, committed = of_kind(Kind.ACTIVE), of_kind(Kind.COMMITTED)
         crowded = len(snaps) > POPULATION
         ops = ["prepare"] * (1 if crowded else 6) + ["remove"] * (8 if crowded else 3)
         ops += ["stat", "usage"]
@@ -303,6 +301,7 @@ def run_hook(mode: str, argv: list[str]) -> int:
             tempfile.mkdtemp = mkdtemp
         (sn.prepare if kind == "prepare" else sn.view)(key, parent)
     elif mode == "hook-remove":
+
         def remove_dirs(self, paths):  # type: ignore[no-untyped-def]
             print(json.dumps(paths), flush=True)
             _die()
@@ -343,8 +342,9 @@ def run_hook(mode: str, argv: list[str]) -> int:
 
                 # Report often, so that the first report lands well inside the walk.
                 try:
-                    real_du.disk_usage(*roots, **{**kw, "progress": progress,
-                                                  "progress_every": 500})
+                    real_du.disk_usage(
+                        *roots, **{**kw, "progress": progress, "progress_every": 500}
+                    )
                 except TypeError:  # no such arguments: die right after the walk instead
                     real_du.disk_usage(*roots, **kw)
                 print("walked", flush=True)
@@ -403,14 +403,14 @@ class Thread:
 
         sn, rng = self.sn, self.rng
         actives, committed = self.own(Kind.ACTIVE), self.own(Kind.COMMITTED)
-        ops = ["prepare"] * 4 + ["view", "stat", "walk", "usage", "cleanup", "remove"] * 1
+        ops = ["prepare"] * 4 + ["view", "stat", "walk", "usage", "cleanup", "remove"]
         ops += ["remove"] * (3 if len(self.live) > 12 else 0)
         ops += ["race_prepare", "remove_shared", "mounts_committed"]
         if actives:
             ops += ["write"] * 2 + ["commit"] * 3 + ["race_commit"]
         op = rng.choice(ops)
         self.ops[op] += 1
-        parents = [""] + self.shared + committed
+        parents = ["", *self.shared, *committed]
         if op == "prepare":
             key, parent = self.key("a"), rng.choice(parents)
             sn.prepare(key, parent)
@@ -436,7 +436,7 @@ class Thread:
             # get AlreadyExistsError and keep their active. Only actives on a
             # shared or no parent: the winner belongs to no thread, and an own
             # parent must stay removable.
-            ready = [k for k in actives if self.live[k][1] in [""] + self.shared]
+            ready = [k for k in actives if self.live[k][1] in ["", *self.shared]]
             if not ready:
                 return
             key = rng.choice(ready)

@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-import snap_worker as w  # noqa: E402
+import snap_worker as w
 
-from pysnap import Kind, OverlaySnapshotter  # noqa: E402
+from pysnap import Kind, OverlaySnapshotter
 
 WORKER = str(Path(__file__).with_name("snap_worker.py"))
 PROCESSES = 4
@@ -56,8 +56,17 @@ def test_processes_and_threads_share_one_root(tmp_path: Path) -> None:
 
     procs = [
         subprocess.Popen(
-            [sys.executable, WORKER, "concurrency", str(root), str(n), str(OPS_PER_THREAD),
-             "7", "1" if n % 2 else "0", str(go)],
+            [
+                sys.executable,
+                WORKER,
+                "concurrency",
+                str(root),
+                str(n),
+                str(OPS_PER_THREAD),
+                "7",
+                "1" if n % 2 else "0",
+                str(go),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

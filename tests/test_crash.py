@@ -10,6 +10,7 @@ No mounts: children write straight into the upper directories.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import random
@@ -23,10 +24,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import snap_worker as w  # noqa: E402
+import snap_worker as w
 
-from pysnap import Kind, OverlaySnapshotter  # noqa: E402
-from pysnap.errors import NotFoundError  # noqa: E402
+from pysnap import Kind, OverlaySnapshotter
+from pysnap.errors import NotFoundError
 
 WORKER = str(Path(__file__).with_name("snap_worker.py"))
 KILLS = int(os.environ.get("PYSNAP_CRASH_KILLS", "200"))
@@ -105,6 +106,7 @@ def test_random_kills(tmp_path: Path) -> None:
     max_id = 0
     kills = finished = 0
     kinds_seen: set[Kind] = set()
+    orphans: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
     run = 0
     while kills < KILLS:
         run += 1
@@ -153,6 +155,11 @@ def test_random_kills(tmp_path: Path) -> None:
             # than everything seen before.
             assert all(i > max_id for i in new_ids), (run, max_id, sorted(new_ids))
             max_id = max([max_id, *new_ids])
+            # Evidence of kills inside the dangerous windows (not asserted: random).
+            live = live_ids(sn)
+            for d in snapshot_dirs(root) - live:
+                kind = "new-*" if d.startswith("new-") else "id" if d.isdigit() else "other"
+                orphans[kind].add(d)
 
     with open_sn(root) as sn:
         sn.cleanup()
@@ -160,7 +167,11 @@ def test_random_kills(tmp_path: Path) -> None:
         assert not check_store(sn)
         assert len(sn.walk()) > 0
     assert kinds_seen == {Kind.ACTIVE, Kind.VIEW, Kind.COMMITTED}
-    print(f"{kills} kills, {finished} runs finished, {len(owner)} snapshots seen, max id {max_id}")
+    print(
+        f"{kills} kills, {finished} runs finished, {len(owner)} snapshots seen, "
+        f"max id {max_id}, distinct orphans seen after kills: "
+        f"{ {k: len(v) for k, v in orphans.items()} }"
+    )
 
 
 # -- one dangerous point each, with real kills -------------------------------------------
