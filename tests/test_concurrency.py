@@ -9,6 +9,10 @@ which errors it met; only the errors an operation deserves are tolerated (a
 contended name taken: AlreadyExistsError; removing a pinned parent or mounts()
 of a committed snapshot: FailedPreconditionError). Everything else fails the
 worker, including a create whose directory is missing right after it returned.
+
+Forced interleavings, in one process: a create taking the id of a crashed
+create's leftover between cleanup()'s listing and its removal; a key removed,
+or removed and prepared again, while commit walks its upper dir.
 """
 
 from __future__ import annotations
@@ -17,12 +21,17 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import snap_worker as w
 
+import pysnap.overlay
 from pysnap import Kind, OverlaySnapshotter
+from pysnap.errors import NotFoundError
 
 WORKER = str(Path(__file__).with_name("snap_worker.py"))
 PROCESSES = 4
@@ -171,3 +180,62 @@ def test_cleanup_never_reaps_a_create_that_reuses_a_leftover(tmp_path: Path) -> 
         assert os.listdir(upper) == []  # the leftover's content is not the new snapshot's
         sn.cleanup()
         assert set(os.listdir(root / "snapshots")) == live_ids(sn)
+
+
+class _DuDuring:
+    """snapcore.du, with ``action()`` run once at the start of the next disk_usage walk."""
+
+    def __init__(self, real: object, action: Callable[[], object]) -> None:
+        self._real, self._action = real, action
+
+    def __getattr__(self, attr: str) -> object:
+        return getattr(self._real, attr)
+
+    def disk_usage(self, *roots: str, **kw: object) -> object:
+        action, self._action = self._action, lambda: None
+        action()
+        return self._real.disk_usage(*roots, **kw)  # type: ignore[attr-defined]
+
+
+def test_commit_rechecks_the_id_after_its_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is removed and prepared again (a new id) while commit walks the old
+    upper dir: the commit must fail with NotFoundError and leave the new one alone."""
+    with OverlaySnapshotter(tmp_path / "root", sync=False, upperdir_label=True) as sn:
+        sn.prepare("k")
+        old = w.upper_of(sn.stat("k"))
+        w.write_exact(old, "c-name")
+
+        def replace_k() -> None:
+            sn.remove("k")
+            sn.prepare("k")
+
+        monkeypatch.setattr(pysnap.overlay, "du", _DuDuring(pysnap.overlay.du, replace_k))
+        with pytest.raises(NotFoundError):
+            sn.commit("name", "k")
+        monkeypatch.undo()
+        with pytest.raises(NotFoundError):
+            sn.stat("name")
+        info = sn.stat("k")
+        assert info.kind == Kind.ACTIVE and w.upper_of(info) != old
+        assert os.listdir(w.upper_of(info)) == []
+        sn.commit("name", "k")
+        assert tuple(sn.usage("name")) == w.tree_usage(w.upper_of(info))
+
+
+def test_commit_of_a_key_removed_before_its_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is removed (its upper dir with it) before commit walks: NotFoundError."""
+    with OverlaySnapshotter(tmp_path / "root", sync=False, upperdir_label=True) as sn:
+        sn.prepare("k")
+        monkeypatch.setattr(
+            pysnap.overlay, "du", _DuDuring(pysnap.overlay.du, lambda: sn.remove("k"))
+        )
+        with pytest.raises(NotFoundError):
+            sn.commit("name", "k")
+        monkeypatch.undo()
+        assert sn.walk() == []
+        sn.cleanup()
+        assert os.listdir(tmp_path / "root" / "snapshots") == []
