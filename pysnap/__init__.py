@@ -2,12 +2,14 @@
 
 from . import errors
 from .mounts import mount_all, mounted, unmount, unmount_all
+from .overlay import OverlaySnapshotter
 from .types import Info, Kind, Mount, Usage
 
 __all__ = [
     "Info",
     "Kind",
     "Mount",
+    "OverlaySnapshotter",
     "Usage",
     "errors",
     "mount_all",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -165,7 +166,7 @@ class Mount:
             opts: Iterable[str] = self.options
             object.__setattr__(self, "options", tuple(opts))
 
-    def mount(self, target: str) -> None:
+    def mount(self, target: str | os.PathLike[str]) -> None:
         """Perform this mount on ``target`` (see ``pysnap.mounts``)."""
         from .mounts import mount_one  # mounts imports this module
 

@@ -1,0 +1,319 @@
+"""OverlaySnapshotter: containerd's overlay snapshotter on LMDB and snapcore.
+
+Layout under the root::
+
+    metadata.lmdb          the metadata store (pysnap.metastore)
+    snapshots/<id>/fs      the snapshot's upper directory (0755)
+    snapshots/<id>/work    overlay's workdir, ACTIVE snapshots only (0711)
+
+Directories are made, renamed and listed for cleanup while the write
+transaction that records the change is held (as containerd's overlay.go
+does), so a cleanup() in another thread or process never reaps a create that
+is in flight. Long work, the usage walk of commit, runs outside any write
+transaction and is re-checked inside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+
+from snapcore import du
+
+from . import storage
+from .errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from .filters import compile_filters
+from .fsutil import remove_tree
+from .metastore import MetaStore
+from .types import Info, Kind, Mount, Usage
+
+log = logging.getLogger(__name__)
+
+UPPERDIR_LABEL = "containerd.io/snapshot/overlay.upperdir"
+_OVERLAY_INDEX_PARAM = "/sys/module/overlay/parameters/index"
+
+Labels = Mapping[str, str] | None
+Progress = Callable[[int, int], object] | None
+
+
+class OverlaySnapshotter:
+    """A snapshotter keeping layers as overlayfs directories (containerd's ``overlay``).
+
+    Thread-safe; many processes may open one root at once (LMDB's locking).
+    Use it as a context manager, or call ``close()`` (twice is harmless).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        sync: bool = True,
+        async_remove: bool = False,
+        mount_options: Sequence[str] = (),
+        upperdir_label: bool = False,
+    ) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        # Paths end up inside overlay's comma- and colon-separated options.
+        if "," in self.root or ":" in self.root:
+            raise InvalidArgumentError(
+                f"open {self.root!r}: a root path with ',' or ':' cannot be used in overlay options"
+            )
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        self._snapshots = os.path.join(self.root, "snapshots")
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self._snapshots, 0o700)
+        if not du.supports_d_type(self._snapshots):
+            raise FailedPreconditionError(
+                f"open {self.root!r}: the filesystem does not report d_type, "
+                "which overlayfs needs (containerd refuses it too)"
+            )
+        self._sync = sync
+        self._async_remove = async_remove
+        self._upperdir_label = upperdir_label
+        self._options = tuple(mount_options)
+        if not any(o.startswith("index=") for o in self._options) and os.path.exists(
+            _OVERLAY_INDEX_PARAM
+        ):
+            # containerd does the same: index=on makes shared lowers EBUSY.
+            self._options += ("index=off",)
+        self._ms = MetaStore(self.root, sync=sync)
+        self._closed = threading.Event()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the metadata store. Calling it again does nothing."""
+        if not self._closed.is_set():
+            self._closed.set()
+            self._ms.close()
+
+    def sync(self) -> None:
+        """Flush metadata to disk now (for a snapshotter opened with ``sync=False``)."""
+        self._ms.sync()
+
+    def __enter__(self) -> OverlaySnapshotter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- reading ------------------------------------------------------------
+
+    def stat(self, key: str) -> Info:
+        """Info of the snapshot ``key``, of any kind. Raises NotFoundError."""
+        with self._ms.transaction() as tx:
+            sid, info, _ = storage.get_info(tx, key)
+        return self._labelled(sid, info) if self._upperdir_label else info
+
+    def usage(self, key: str, progress: Progress = None) -> Usage:
+        """Disk usage of ``key``: stored for COMMITTED, walked now for ACTIVE, 0 for VIEW.
+
+        ``progress(entries, bytes)`` is called now and then during an ACTIVE walk.
+        """
+        with self._ms.transaction() as tx:
+            sid, info, usage = storage.get_info(tx, key)
+        if info.kind != Kind.ACTIVE:
+            return usage
+        try:
+            return Usage(*du.disk_usage(self._upper(sid), progress=progress))
+        except FileNotFoundError:
+            raise NotFoundError(f"usage {key!r}: snapshot was removed during the walk") from None
+
+    def mounts(self, key: str) -> list[Mount]:
+        """The mounts of an ACTIVE or VIEW snapshot.
+
+        Raises NotFoundError, or FailedPreconditionError for a COMMITTED one
+        (view it instead).
+        """
+        with self._ms.transaction() as tx:
+            snap = storage.get_snapshot(tx, key)
+        if snap.kind == Kind.COMMITTED:
+            raise FailedPreconditionError(
+                f"mounts {key!r}: snapshot is committed; create a view of it to mount it"
+            )
+        return self._mounts(snap)
+
+    def walk(self, *filters: str) -> list[Info]:
+        """Infos of all snapshots matching any of ``filters`` (containerd's syntax).
+
+        Read in one read transaction. Raises InvalidArgumentError for a
+        malformed filter.
+        """
+        match = compile_filters(*filters)
+        with self._ms.transaction() as tx:
+            infos = storage.walk_info(tx)
+            ids = (
+                {name: sid for sid, name in storage.id_map(tx).items()}
+                if (self._upperdir_label)
+                else None
+            )
+        if ids is not None:
+            infos = [self._labelled(ids[i.name], i) for i in infos]
+        return [i for i in infos if match(i)]
+
+    # -- writing ------------------------------------------------------------
+
+    def prepare(self, key: str, parent: str = "", labels: Labels = None) -> list[Mount]:
+        """Create an ACTIVE snapshot ``key`` on the COMMITTED ``parent``; its mounts.
+
+        Raises AlreadyExistsError (key taken), NotFoundError (no parent),
+        InvalidArgumentError (bad key or labels; parent not committed).
+        """
+        return self._create(Kind.ACTIVE, key, parent, labels)
+
+    def view(self, key: str, parent: str = "", labels: Labels = None) -> list[Mount]:
+        """Create a read-only VIEW ``key`` of the COMMITTED ``parent``; its mounts."""
+        return self._create(Kind.VIEW, key, parent, labels)
+
+    def commit(self, name: str, key: str, labels: Labels = None) -> None:
+        """Commit the ACTIVE snapshot ``key`` as the COMMITTED snapshot ``name``.
+
+        The upper directory's usage is computed and stored. Raises, in this
+        order: NotFoundError (no key), AlreadyExistsError (name taken),
+        FailedPreconditionError (key is not ACTIVE).
+        """
+        storage.validate_key(name, "name")
+        storage.validate_labels(labels)
+        with self._ms.transaction() as tx:
+            snap = storage.get_snapshot(tx, key)
+        usage = Usage()
+        if snap.kind == Kind.ACTIVE:
+            # The walk runs outside the write transaction; commit_active checks
+            # that the same id is still ACTIVE under key.
+            try:
+                usage = Usage(*du.disk_usage(self._upper(snap.id)))
+            except FileNotFoundError:
+                raise NotFoundError(
+                    f"commit {key!r}: snapshot was removed during the usage walk"
+                ) from None
+        with self._ms.transaction(write=True) as tx:
+            storage.commit_active(tx, key, name, usage, labels, expected_id=snap.id)
+
+    def update(self, info: Info, *fieldpaths: str) -> Info:
+        """Change the labels of ``info.name`` and return its new Info.
+
+        No paths, or ``labels``: the labels become ``info.labels``.
+        ``labels.K``: K takes ``info.labels.get(K, "")``; empty deletes it.
+        Any other path: InvalidArgumentError.
+        """
+        with self._ms.transaction(write=True) as tx:
+            new = storage.update_info(tx, info, *fieldpaths)
+            sid = storage.get_snapshot(tx, new.name).id if self._upperdir_label else 0
+        return self._labelled(sid, new) if self._upperdir_label else new
+
+    def remove(self, key: str) -> None:
+        """Remove the snapshot ``key`` of any kind; its directory goes after the record.
+
+        Raises NotFoundError, or FailedPreconditionError ("cannot remove
+        snapshot with child").
+        """
+        with self._ms.transaction(write=True) as tx:
+            sid, _ = storage.remove(tx, key)
+        if not self._async_remove:
+            self._remove_dirs([self._dir(sid)])
+
+    def cleanup(self) -> None:
+        """Remove directories no live snapshot owns (crashed creates, unfinished removes)."""
+        with self._ms.transaction(write=True) as tx:
+            live = {str(i) for i in storage.id_map(tx)}
+            # Listed under the write lock: no create can be in flight now.
+            orphans = []
+            for name in os.listdir(self._snapshots):
+                if name in live:
+                    continue
+                path = os.path.join(self._snapshots, name)
+                if name.isdigit():
+                    # A crashed create's id was never committed, so the next
+                    # create takes it again: move the leftover out of its way
+                    # before the lock is released, then delete it at leisure.
+                    moved = os.path.join(self._snapshots, f"rm-{name}-{uuid.uuid4().hex[:12]}")
+                    try:
+                        os.rename(path, moved)
+                    except FileNotFoundError:  # a remove() finished it meanwhile
+                        continue
+                    path = moved
+                orphans.append(path)
+        self._remove_dirs(orphans)
+
+    # -- internals ----------------------------------------------------------
+
+    def _dir(self, sid: int) -> str:
+        return os.path.join(self._snapshots, str(sid))
+
+    def _upper(self, sid: int) -> str:
+        return os.path.join(self._snapshots, str(sid), "fs")
+
+    def _labelled(self, sid: int, info: Info) -> Info:
+        return info.replace(labels={**info.labels, UPPERDIR_LABEL: self._upper(sid)})
+
+    def _create(self, kind: Kind, key: str, parent: str, labels: Labels) -> list[Mount]:
+        with self._ms.transaction(write=True) as tx, contextlib.ExitStack() as undo:
+            snap = storage.create_snapshot(tx, kind, key, parent, labels)
+            tmp = tempfile.mkdtemp(prefix="new-", dir=self._snapshots)
+            undo.callback(remove_tree, tmp)
+            self._make_dirs(tmp, snap)
+            path = self._dir(snap.id)
+            remove_tree(path)  # leftover of a create that crashed before its commit
+            os.rename(tmp, path)
+            undo.callback(remove_tree, path)
+            if self._sync:
+                _fsync_dir(self._snapshots)
+            mounts = self._mounts(snap)
+            undo.pop_all()  # about to commit: keep everything
+        return mounts
+
+    def _make_dirs(self, tmp: str, snap: storage.Snapshot) -> None:
+        fs = os.path.join(tmp, "fs")
+        os.mkdir(fs)
+        os.chmod(fs, 0o755)  # whatever the umask
+        if snap.parent_ids:
+            st = os.stat(self._upper(snap.parent_ids[0]))
+            os.lchown(fs, st.st_uid, st.st_gid)
+        if snap.kind == Kind.ACTIVE:
+            work = os.path.join(tmp, "work")
+            os.mkdir(work)
+            os.chmod(work, 0o711)
+        if self._sync:
+            _fsync_dir(tmp)
+
+    def _mounts(self, snap: storage.Snapshot) -> list[Mount]:
+        parents = snap.parent_ids
+        if not parents:
+            mode = "ro" if snap.kind == Kind.VIEW else "rw"
+            return [Mount(type="bind", source=self._upper(snap.id), options=(mode, "rbind"))]
+        if snap.kind == Kind.VIEW and len(parents) == 1:
+            return [Mount(type="bind", source=self._upper(parents[0]), options=("ro", "rbind"))]
+        options: list[str] = []
+        if snap.kind == Kind.ACTIVE:
+            options.append(f"workdir={self._dir(snap.id)}/work")
+            options.append(f"upperdir={self._upper(snap.id)}")
+        lowers = ":".join(self._upper(p) for p in parents)
+        options.append(f"lowerdir={lowers}")
+        options.extend(self._options)
+        return [Mount(type="overlay", source="overlay", options=tuple(options))]
+
+    def _remove_dirs(self, paths: list[str]) -> None:
+        for path in paths:
+            try:
+                remove_tree(path)
+            except OSError as e:  # the record is gone already; cleanup() retries
+                log.warning("removing %s failed (cleanup() will retry): %s", path, e)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,610 @@
+"""OverlaySnapshotter: the behaviours containerd's snapshot testsuite checks, on real mounts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import hashlib
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pysnap import Info, Kind, Mount, OverlaySnapshotter, Usage, mounted
+from pysnap.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from pysnap.fsutil import remove_tree
+from pysnap.overlay import UPPERDIR_LABEL
+
+Applier = Callable[[Path], None]
+
+
+@pytest.fixture
+def sn(tmp_path: Path) -> Iterator[OverlaySnapshotter]:
+    with OverlaySnapshotter(tmp_path / "root", sync=False) as s:
+        yield s
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
+    """What a tree holds: per path its type, mode, owner and content (not times)."""
+    state: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            rel = os.path.relpath(p, root)
+            if stat.S_ISREG(st.st_mode):
+                with open(p, "rb") as f:
+                    content: object = hashlib.sha256(f.read()).hexdigest()
+            elif stat.S_ISLNK(st.st_mode):
+                content = os.readlink(p)
+            else:
+                content = None
+            state[rel] = (
+                stat.S_IFMT(st.st_mode),
+                stat.S_IMODE(st.st_mode),
+                st.st_uid,
+                st.st_gid,
+                content,
+            )
+    st = os.lstat(root)
+    state["."] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, None)
+    return state
+
+
+def write(path: Path, data: str, mode: int = 0o644) -> None:
+    path.write_text(data)
+    os.chmod(path, mode)
+
+
+def apply_layer(sn: OverlaySnapshotter, key: str, parent: str, applier: Applier) -> None:
+    """prepare key on parent, mount it, apply, unmount, commit as key-c."""
+    mounts = sn.prepare(key, parent)
+    with mounted(mounts) as target:
+        applier(Path(target))
+    sn.commit(f"{key}-c", key)
+
+
+def check_chain(sn: OverlaySnapshotter, flat: Path, appliers: list[Applier]) -> None:
+    """Apply each layer to a snapshot chain and to a flat dir; views must equal the flat dir."""
+    flat.mkdir(mode=0o755, exist_ok=True)
+    os.chmod(flat, 0o755)
+    parent = ""
+    for n, applier in enumerate(appliers):
+        applier(flat)
+        apply_layer(sn, f"l{n}", parent, applier)
+        parent = f"l{n}-c"
+        with mounted(sn.view(f"v{n}", parent)) as target:
+            assert tree_state(Path(target)) == tree_state(flat), f"layer {n}"
+        sn.remove(f"v{n}")
+
+
+def store_state(sn: OverlaySnapshotter) -> tuple[list[Info], list[str]]:
+    infos = sorted(sn.walk(), key=lambda i: i.name)
+    return infos, sorted(os.listdir(os.path.join(sn.root, "snapshots")))
+
+
+# -- basics --------------------------------------------------------------------
+
+
+@pytest.mark.root
+def test_prepare_write_commit_child_view_remove(sn: OverlaySnapshotter) -> None:
+    mounts = sn.prepare("build-1")
+    with mounted(mounts) as target:
+        write(Path(target) / "a", "one")
+        os.mkdir(Path(target) / "d")
+        write(Path(target) / "d" / "b", "two")
+    sn.commit("layer-1", "build-1")
+
+    info = sn.stat("layer-1")
+    assert (info.kind, info.name, info.parent) == (Kind.COMMITTED, "layer-1", "")
+    with pytest.raises(NotFoundError):
+        sn.stat("build-1")
+
+    with mounted(sn.prepare("build-2", "layer-1")) as target:
+        assert (Path(target) / "d" / "b").read_text() == "two"
+        write(Path(target) / "c", "three")
+    sn.commit("layer-2", "build-2")
+    assert sn.stat("layer-2").parent == "layer-1"
+
+    with mounted(sn.view("ro", "layer-2")) as target:
+        assert sorted(os.listdir(target)) == ["a", "c", "d"]
+
+    with pytest.raises(FailedPreconditionError, match="cannot remove"):
+        sn.remove("layer-1")
+    sn.remove("ro")
+    sn.remove("layer-2")
+    sn.remove("layer-1")
+    assert sn.walk() == []
+    assert os.listdir(os.path.join(sn.root, "snapshots")) == []
+
+
+def test_stat_active_and_committed_and_chain(sn: OverlaySnapshotter) -> None:
+    sn.prepare("a", labels={"x": "1"})
+    a = sn.stat("a")
+    assert (a.kind, a.name, a.parent, a.labels) == (Kind.ACTIVE, "a", "", {"x": "1"})
+    assert a.created == a.updated
+    assert a.created.tzinfo is not None
+    assert abs(a.created - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=5)
+    sn.commit("c1", "a", labels={"y": "2"})
+    c1 = sn.stat("c1")
+    assert (c1.kind, c1.labels) == (Kind.COMMITTED, {"y": "2"})
+    sn.prepare("b", "c1")
+    sn.commit("c2", "b")
+    sn.view("v", "c2")
+    assert [sn.stat(k).parent for k in ("c1", "c2", "v")] == ["", "c1", "c2"]
+    assert sn.stat("v").kind == Kind.VIEW
+
+
+@pytest.mark.parametrize("first", ["prepare", "view", "committed"])
+@pytest.mark.parametrize("second", ["prepare", "view", "commit"])
+def test_duplicate_keys(sn: OverlaySnapshotter, first: str, second: str) -> None:
+    sn.prepare("base")
+    sn.commit("p", "base")
+    if first == "committed":
+        sn.prepare("tmp", "p")
+        sn.commit("dup", "tmp")
+    else:
+        getattr(sn, first)("dup", "p")
+    before = store_state(sn)
+    with pytest.raises(AlreadyExistsError):
+        if second == "commit":
+            sn.prepare("other", "p")
+            before = store_state(sn)
+            sn.commit("dup", "other")
+        else:
+            getattr(sn, second)("dup", "p")
+    assert store_state(sn) == before
+
+
+def test_removed_key_and_name_are_reusable(sn: OverlaySnapshotter) -> None:
+    sn.prepare("k")
+    first = sn.stat("k")
+    sn.remove("k")
+    sn.prepare("k")
+    sn.commit("n", "k")
+    sn.remove("n")
+    sn.prepare("k")
+    sn.commit("n", "k")
+    assert sn.stat("n").kind == Kind.COMMITTED
+    assert sn.stat("n").created_ns >= first.created_ns
+
+
+def test_commit_error_order(sn: OverlaySnapshotter) -> None:
+    sn.prepare("a")
+    sn.commit("taken", "a")
+    sn.view("v", "taken")
+    with pytest.raises(NotFoundError):
+        sn.commit("x", "missing")
+    with pytest.raises(AlreadyExistsError):
+        sn.commit("taken", "v")  # name taken beats "not active"
+    with pytest.raises(FailedPreconditionError):
+        sn.commit("x", "v")
+    with pytest.raises(FailedPreconditionError):
+        sn.commit("x", "taken")
+
+
+def test_commit_stores_usage_and_usage_kinds(sn: OverlaySnapshotter) -> None:
+    sn.prepare("a")
+    upper = Path(sn.root, "snapshots", "1", "fs")
+    (upper / "f").write_bytes(b"x" * 10000)
+    os.link(upper / "f", upper / "g")
+    active = sn.usage("a")
+    assert isinstance(active, Usage)
+    assert active.inodes == 2  # fs itself and f (g is the same inode)
+    seen: list[tuple[int, int]] = []
+    assert sn.usage("a", progress=lambda e, b: seen.append((e, b))) == active
+    sn.commit("c", "a")
+    assert sn.usage("c") == active
+    (upper / "late").write_bytes(b"y" * 8192)  # committed usage is the stored figure
+    assert sn.usage("c") == active
+    sn.view("v", "c")
+    assert sn.usage("v") == Usage(0, 0)
+
+
+# -- update and labels ---------------------------------------------------------
+
+
+def test_update_rules(sn: OverlaySnapshotter) -> None:
+    sn.prepare("a", labels={"l1": "v1", "l2": "v2", "l3": "v3", "empty": ""})
+    created = sn.stat("a")
+    assert created.created == created.updated
+    assert "empty" not in created.labels
+
+    time.sleep(0.001)
+    new = sn.update(Info(kind=Kind.VIEW, name="a", parent="bogus", labels={"l1": "x"}))
+    assert new.labels == {"l1": "x"}
+    assert (new.kind, new.parent, new.created) == (Kind.ACTIVE, "", created.created)
+    assert new.updated_ns > created.updated_ns
+    assert sn.stat("a") == new
+
+    sn.update(Info(name="a", labels={"l1": "v1", "l2": "v2", "l3": "v3"}), "labels")
+    new = sn.update(Info(name="a", labels={"l1": "new", "l4": "x"}), "labels.l1", "labels.l2")
+    assert new.labels == {"l1": "new", "l3": "v3"}
+
+    with pytest.raises(InvalidArgumentError):
+        sn.update(Info(name="a", parent="x"), "parent")
+    assert sn.stat("a") == new
+    with pytest.raises(NotFoundError):
+        sn.update(Info(name="missing"))
+
+
+def test_labels_limits(sn: OverlaySnapshotter) -> None:
+    with pytest.raises(InvalidArgumentError):
+        sn.prepare("a", labels={"k": "v" * 4096})
+    with pytest.raises(InvalidArgumentError):
+        sn.prepare("a", labels={"": "v"})
+    sn.prepare("a", labels={"k": "v" * 4095})
+    assert store_state(sn)[1] == ["1"]
+
+
+def test_upperdir_label(tmp_path: Path) -> None:
+    with OverlaySnapshotter(tmp_path / "r", sync=False, upperdir_label=True) as s:
+        s.prepare("a", labels={"x": "y"})
+        upper = os.path.join(s.root, "snapshots", "1", "fs")
+        assert s.stat("a").labels == {"x": "y", UPPERDIR_LABEL: upper}
+        assert s.walk()[0].labels[UPPERDIR_LABEL] == upper
+        assert s.update(Info(name="a", labels={}), "labels").labels == {UPPERDIR_LABEL: upper}
+    with OverlaySnapshotter(tmp_path / "r", sync=False) as s:
+        assert s.stat("a").labels == {}  # never stored
+
+
+# -- walk ----------------------------------------------------------------------
+
+
+def test_walk_filters(sn: OverlaySnapshotter) -> None:
+    sn.prepare("base", labels={"a.b": "1", "team": "x"})
+    sn.commit("c1", "base", labels={"a.b": "1", "team": "x"})
+    sn.prepare("work", "c1", labels={"team": "y"})
+    sn.view("v", "c1", labels={"other": "z"})
+
+    def names(*filters: str) -> list[str]:
+        return sorted(i.name for i in sn.walk(*filters))
+
+    assert names() == ["c1", "v", "work"]
+    assert names("kind==committed") == ["c1"]
+    assert names("kind==active", "kind==view") == ["v", "work"]
+    assert names("parent==c1") == ["v", "work"]
+    assert names("parent==c1,labels.team==y") == ["work"]
+    assert names('labels."a.b"==1') == names("labels.a.b==1") == ["c1"]
+    assert names("labels.team!=x") == ["v", "work"]  # absent counts as !=
+    assert names("name~=^w") == ["work"]
+    assert names("name~=or") == ["work"]  # unanchored
+    assert names("name~=[") == []  # does not compile: matches nothing
+    assert names("labels.other") == ["v"]
+    assert names("parent") == ["c1", "v", "work"]
+    with pytest.raises(InvalidArgumentError):
+        sn.walk("kind==")
+    for info in sn.walk():
+        assert sn.stat(info.name) == info
+
+
+# -- mount layouts -------------------------------------------------------------
+
+
+def test_mount_layouts(tmp_path: Path) -> None:
+    with OverlaySnapshotter(tmp_path / "r", sync=False, mount_options=("index=on",)) as s:
+        snaps = os.path.join(s.root, "snapshots")
+        assert s.prepare("a") == [Mount("bind", f"{snaps}/1/fs", ("rw", "rbind"))]
+        assert s.view("va") == [Mount("bind", f"{snaps}/2/fs", ("ro", "rbind"))]
+        s.commit("c1", "a")
+        assert s.view("v1", "c1") == [Mount("bind", f"{snaps}/1/fs", ("ro", "rbind"))]
+        assert s.prepare("b", "c1") == [
+            Mount(
+                "overlay",
+                "overlay",
+                (
+                    f"workdir={snaps}/4/work",
+                    f"upperdir={snaps}/4/fs",
+                    f"lowerdir={snaps}/1/fs",
+                    "index=on",
+                ),
+            )
+        ]
+        s.commit("c2", "b")
+        assert s.view("v2", "c2") == [
+            Mount("overlay", "overlay", (f"lowerdir={snaps}/4/fs:{snaps}/1/fs", "index=on"))
+        ]
+        assert s.mounts("v2") == s.mounts("v2")
+        with pytest.raises(FailedPreconditionError):
+            s.mounts("c2")
+        with pytest.raises(NotFoundError):
+            s.mounts("nope")
+
+
+def test_index_off_added_when_kernel_has_it(sn: OverlaySnapshotter) -> None:
+    sn.prepare("a")
+    sn.commit("c", "a")
+    opts = sn.prepare("b", "c")[0].options
+    has_index = os.path.exists("/sys/module/overlay/parameters/index")
+    assert ("index=off" in opts) == has_index
+
+
+def test_directory_modes_whatever_the_umask(sn: OverlaySnapshotter) -> None:
+    old = os.umask(0o077)
+    try:
+        sn.prepare("a")
+    finally:
+        os.umask(old)
+    d = Path(sn.root, "snapshots", "1")
+    assert stat.S_IMODE(os.stat(d / "fs").st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(d / "work").st_mode) == 0o711
+    assert stat.S_IMODE(os.stat(sn.root).st_mode) == 0o700
+
+
+def test_fs_owned_like_parent(sn: OverlaySnapshotter) -> None:
+    sn.prepare("a")
+    os.chown(Path(sn.root, "snapshots", "1", "fs"), 1234, 5678)
+    sn.commit("c", "a")
+    sn.prepare("b", "c")
+    st = os.stat(Path(sn.root, "snapshots", "2", "fs"))
+    assert (st.st_uid, st.st_gid) == (1234, 5678)
+
+
+def test_root_with_separator_refused(tmp_path: Path) -> None:
+    for bad in ("a,b", "a:b"):
+        with pytest.raises(InvalidArgumentError):
+            OverlaySnapshotter(tmp_path / bad)
+        assert not (tmp_path / bad).exists()
+
+
+def test_close_twice(tmp_path: Path) -> None:
+    s = OverlaySnapshotter(tmp_path / "r")
+    s.close()
+    s.close()
+
+
+# -- file semantics across layers (each against a flat directory) -------------
+
+
+def _update_file(rounds: int) -> list[Applier]:
+    def layer(n: int) -> Applier:
+        def apply(root: Path) -> None:
+            write(root / "file", f"round {n}" * (n + 1), 0o600 + n)
+            write(root / f"extra-{n}", str(n))
+
+        return apply
+
+    return [layer(n) for n in range(rounds)]
+
+
+def _remove_and_recreate_dir() -> list[Applier]:
+    def base(root: Path) -> None:
+        (root / "d").mkdir()
+        write(root / "d" / "old1", "1")
+        write(root / "d" / "old2", "2")
+
+    def recreate(root: Path) -> None:
+        remove_tree(root / "d")
+        (root / "d").mkdir()
+        write(root / "d" / "new", "3")
+
+    return [base, recreate]
+
+
+def _chown_only() -> list[Applier]:
+    def base(root: Path) -> None:
+        write(root / "f", "data")
+        (root / "d").mkdir()
+
+    def chown(root: Path) -> None:
+        os.chown(root / "f", 1000, 1000)
+        os.chown(root / "d", 2000, 2000)
+
+    return [base, chown]
+
+
+def _dir_ownership_three_layers() -> list[Applier]:
+    def l1(root: Path) -> None:
+        (root / "a" / "b").mkdir(parents=True)
+        os.chown(root / "a", 10, 10)
+
+    def l2(root: Path) -> None:
+        os.chown(root / "a" / "b", 20, 20)
+        write(root / "a" / "b" / "f", "x")
+
+    def l3(root: Path) -> None:
+        os.chown(root / "a", 30, 30)
+        (root / "a" / "c").mkdir()
+
+    return [l1, l2, l3]
+
+
+def _delete_stays_deleted() -> list[Applier]:
+    def l1(root: Path) -> None:
+        write(root / "gone", "x")
+        write(root / "kept", "y")
+
+    def l2(root: Path) -> None:
+        os.unlink(root / "gone")
+
+    def l3(root: Path) -> None:
+        write(root / "kept", "z")
+
+    return [l1, l2, l3]
+
+
+def _hardlink_then_remove_original() -> list[Applier]:
+    def l1(root: Path) -> None:
+        write(root / "orig", "shared content")
+
+    def l2(root: Path) -> None:
+        os.link(root / "orig", root / "link")
+
+    def l3(root: Path) -> None:
+        os.unlink(root / "orig")
+
+    return [l1, l2, l3]
+
+
+def _renames() -> list[Applier]:
+    def l1(root: Path) -> None:
+        write(root / "a", "A")
+        write(root / "b", "B")
+        (root / "dir").mkdir()
+        write(root / "dir" / "x", "X")
+
+    def l2(root: Path) -> None:
+        os.rename(root / "a", root / "a2")
+        os.replace(root / "b", root / "a2")
+        os.symlink("a2", root / "sym")
+
+    def l3(root: Path) -> None:
+        write(root / "tmp", "T")
+        os.replace(root / "tmp", root / "dir" / "x")  # overwrite by rename
+
+    return [l1, l2, l3]
+
+
+LAYER_CASES = {
+    "update-file": _update_file(4),
+    "remove-recreate-dir": _remove_and_recreate_dir(),
+    "chown-only": _chown_only(),
+    "dir-ownership-3": _dir_ownership_three_layers(),
+    "delete-stays-deleted": _delete_stays_deleted(),
+    "hardlink-remove-original": _hardlink_then_remove_original(),
+    "renames": _renames(),
+}
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("case", LAYER_CASES)
+def test_layers_equal_flat(sn: OverlaySnapshotter, tmp_path: Path, case: str) -> None:
+    check_chain(sn, tmp_path / "flat", LAYER_CASES[case])
+
+
+@pytest.mark.root
+def test_128_layers_equal_flat_at_every_step(sn: OverlaySnapshotter, tmp_path: Path) -> None:
+    def layer(n: int) -> Applier:
+        def apply(root: Path) -> None:
+            write(root / f"f{n % 17}", f"layer {n}")
+            if n % 5 == 4:
+                os.unlink(root / f"f{(n - 1) % 17}")
+            (root / f"dir{n % 3}").mkdir(exist_ok=True)
+
+        return apply
+
+    check_chain(sn, tmp_path / "flat", [layer(n) for n in range(128)])
+
+
+@pytest.mark.root
+def test_mounted_view_is_read_only_and_root_is_0755(sn: OverlaySnapshotter) -> None:
+    old = os.umask(0o077)
+    try:
+        with mounted(sn.prepare("a")) as target:
+            assert stat.S_IMODE(os.stat(target).st_mode) == 0o755
+            write(Path(target) / "f", "x")
+    finally:
+        os.umask(old)
+    sn.commit("c", "a")
+    sn.prepare("b", "c")
+    sn.commit("c2", "b")
+    for key, parent in (("v1", "c"), ("v2", "c2")):  # ro bind and ro overlay
+        with mounted(sn.view(key, parent)) as target:
+            with pytest.raises(OSError) as e:
+                write(Path(target) / "new", "y")
+            assert e.value.errno == errno.EROFS
+
+
+# -- bad input changes nothing ---------------------------------------------------
+
+
+def test_bad_input_changes_nothing(sn: OverlaySnapshotter) -> None:
+    sn.prepare("a")
+    sn.commit("c", "a")
+    sn.prepare("act", "c")
+    sn.view("v", "c")
+    before = store_state(sn)
+    cases: list[tuple[type[Exception], Callable[[], object]]] = [
+        (InvalidArgumentError, lambda: sn.prepare("")),
+        (InvalidArgumentError, lambda: sn.prepare("x" * 512)),
+        (InvalidArgumentError, lambda: sn.prepare("a\0b")),
+        (InvalidArgumentError, lambda: sn.view("\udcff")),
+        (NotFoundError, lambda: sn.prepare("x", "missing")),
+        (InvalidArgumentError, lambda: sn.prepare("x", "act")),
+        (InvalidArgumentError, lambda: sn.view("x", "v")),
+        (FailedPreconditionError, lambda: sn.commit("x", "v")),
+        (FailedPreconditionError, lambda: sn.mounts("c")),
+        (InvalidArgumentError, lambda: sn.prepare("x", labels={"k": "v" * 5000})),
+        (InvalidArgumentError, lambda: sn.commit("", "act")),
+        (InvalidArgumentError, lambda: sn.walk("name==a,")),
+        (NotFoundError, lambda: sn.remove("missing")),
+        (FailedPreconditionError, lambda: sn.remove("c")),
+        (InvalidArgumentError, lambda: sn.update(Info(name="c"), "kind")),
+    ]
+    for kind, call in cases:
+        with pytest.raises(kind):
+            call()
+        assert store_state(sn) == before, call
+
+
+def test_key_of_511_bytes(sn: OverlaySnapshotter) -> None:
+    key = "é" * 255 + "k"  # 511 bytes of UTF-8
+    sn.prepare(key)
+    assert sn.stat(key).name == key
+    sn.commit(key[1:] + "n", key)
+    assert sn.stat(key[1:] + "n").kind == Kind.COMMITTED
+    with pytest.raises(InvalidArgumentError):
+        sn.prepare(key + "x")
+
+
+# -- removal and cleanup -----------------------------------------------------------
+
+
+def test_remove_deep_active(sn: OverlaySnapshotter) -> None:
+    sn.prepare("deep")
+    fs = Path(sn.root, "snapshots", "1", "fs")
+    fd = os.open(fs, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(5000):  # relative opens: the path grows past PATH_MAX
+            os.mkdir("d", dir_fd=fd)
+            nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
+    sn.remove("deep")
+    assert os.listdir(Path(sn.root, "snapshots")) == []
+
+
+def test_async_remove_leaves_dirs_for_cleanup(tmp_path: Path) -> None:
+    with OverlaySnapshotter(tmp_path / "r", sync=False, async_remove=True) as s:
+        s.prepare("a")
+        s.prepare("b")
+        s.remove("a")
+        snaps = Path(s.root, "snapshots")
+        assert sorted(os.listdir(snaps)) == ["1", "2"]
+        (snaps / "new-crashed").mkdir()
+        (snaps / "99").mkdir()
+        s.cleanup()
+        assert sorted(os.listdir(snaps)) == ["2"]
+        assert [i.name for i in s.walk()] == ["b"]
+
+
+def test_leftover_dir_of_crashed_create_is_replaced(tmp_path: Path) -> None:
+    with OverlaySnapshotter(tmp_path / "r", sync=False) as s:
+        snaps = Path(s.root, "snapshots")
+        (snaps / "1" / "fs").mkdir(parents=True)
+        (snaps / "1" / "fs" / "stale").write_text("left by a crash")
+        s.prepare("a")
+        assert os.listdir(snaps / "1" / "fs") == []
+
+
+def test_ids_never_reused_across_reopen(tmp_path: Path) -> None:
+    with OverlaySnapshotter(tmp_path / "r", sync=False) as s:
+        s.prepare("a")
+        s.prepare("b")
+        s.remove("b")
+    with OverlaySnapshotter(tmp_path / "r", sync=False) as s:
+        s.prepare("c")
+        assert sorted(os.listdir(Path(s.root, "snapshots"))) == ["1", "3"]
