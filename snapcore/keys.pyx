@@ -346,6 +346,10 @@ def decode_infos(items):
     try:
         for pair in items:
             k, v = pair
+            # a bytes-typed local also takes None, which PyBytes_AS_STRING
+            # would read as if it were bytes
+            if k is None or v is None:
+                raise TypeError("decode_infos: names and records must be bytes, not None")
             name = _utf8(PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k), "snapshot name")
             out.append(_make_info(name, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v), &h))
     finally:

@@ -243,3 +243,11 @@ def test_decode_infos_restores_gc_state() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_decode_infos_refuses_none() -> None:
+    # a None name or record must not be read as bytes (it used to decode as b"")
+    rec = keys.encode_record(1, 1, "", {}, 0, 0)
+    for pair in ((None, rec), (b"a", None)):
+        with pytest.raises(TypeError):
+            keys.decode_infos([pair])
