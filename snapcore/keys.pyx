@@ -299,6 +299,8 @@ cdef inline void _set(object t, Py_ssize_t i, object v) noexcept:
 cdef object _make_info(object name, const char *p, Py_ssize_t n, _Head *h):
     # Every item is built before the Info is allocated: no error can leave a
     # half-filled tuple behind.
+    if _kinds is None:      # before _kinds[...] below, which would say only TypeError
+        raise RuntimeError("snapcore.keys.register_types() was not called")
     _read_head(p, n, h)
     parent = _utf8(h.parent, h.parent_len, "parent name") if h.parent_len else ""
     labels = _read_labels(h, p + n)

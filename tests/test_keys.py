@@ -251,3 +251,22 @@ def test_decode_infos_refuses_none() -> None:
     for pair in ((None, rec), (b"a", None)):
         with pytest.raises(TypeError):
             keys.decode_infos([pair])
+
+
+def test_decode_info_before_register_types() -> None:
+    # a fresh interpreter: storage has registered the types in this one
+    import subprocess
+    import sys
+
+    code = (
+        "from snapcore import keys\n"
+        "rec = keys.encode_record(1, 1, '', {}, 0, 0)\n"
+        "for call in (lambda: keys.decode_info('a', rec), lambda: keys.decode_infos([(b'a', rec)])):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except RuntimeError as e:\n"
+        "        assert 'register_types' in str(e), e\n"
+        "    else:\n"
+        "        raise AssertionError('no error')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
