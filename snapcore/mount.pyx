@@ -5,7 +5,8 @@ Every call releases the GIL for the syscall, retries EINTR and nothing else,
 saves errno at once and raises ``OSError`` with the errno and the path(s):
 ``filename`` is the source (or the only path), ``filename2`` the target.
 Policy (EBUSY retries, "not mounted" ends an unmount loop, which overlay path
-to take) belongs to ``pysnap.mounts``.
+to take) belongs to ``pysnap.mounts``. A path, key or value holding a NUL
+byte raises ``ValueError`` before any syscall, as ``os`` functions do.
 
 Two compound calls keep whole sequences in C with the GIL released:
 
@@ -81,9 +82,21 @@ cdef enum:
     _LOG_MAX = 8
 
 
+cdef bytes _fsencode(object p):
+    """os.fsencode, refusing a NUL as os.open() does.
+
+    The char * the syscall gets ends at the first NUL, so "/mnt/a\\0b" would
+    otherwise silently mount, unmount or open "/mnt/a".
+    """
+    cdef bytes b = os.fsencode(p)
+    if b"\0" in b:
+        raise ValueError(f"embedded null byte: {p!r}")
+    return b
+
+
 cdef inline object _enc(object p):
-    """os.fsencode, keeping None (a NULL pointer)."""
-    return None if p is None else os.fsencode(p)
+    """_fsencode, keeping None (a NULL pointer)."""
+    return None if p is None else _fsencode(p)
 
 
 cdef inline const char *_ptr(object b):
@@ -111,7 +124,7 @@ def mount(source, target, fstype=None, unsigned long flags=0, data=None):
     Raises:
         OSError: errno of mount(2), filename=source, filename2=target.
     """
-    cdef object bs = _enc(source), bt = os.fsencode(target), bf = _enc(fstype)
+    cdef object bs = _enc(source), bt = _fsencode(target), bf = _enc(fstype)
     cdef object bd = _enc(data)
     cdef const char *s = _ptr(bs)
     cdef const char *t = bt
@@ -134,7 +147,7 @@ def umount(target, int flags=0):
     Raises:
         OSError: errno of umount2(2) (EINVAL: nothing mounted there), filename=target.
     """
-    cdef bytes b = os.fsencode(target)
+    cdef bytes b = _fsencode(target)
     cdef const char *c = b
     cdef int rc, err
     while True:
@@ -153,7 +166,7 @@ def open_path(path):
     Raises:
         OSError: errno of open(2), filename=path.
     """
-    cdef bytes b = os.fsencode(path)
+    cdef bytes b = _fsencode(path)
     cdef const char *c = b
     cdef int fd, err
     with nogil:
@@ -170,7 +183,7 @@ def fsopen(fsname, unsigned int flags=FSOPEN_CLOEXEC):
     Raises:
         OSError: errno of fsopen(2) (ENODEV: unknown type), filename=fsname.
     """
-    cdef bytes b = os.fsencode(fsname)
+    cdef bytes b = _fsencode(fsname)
     cdef const char *c = b
     cdef int fd, err
     while True:
@@ -233,7 +246,7 @@ def move_mount(int from_dfd, from_path, int to_dfd, to_path, unsigned int flags=
     Raises:
         OSError: errno of move_mount(2), filename=from_path, filename2=to_path.
     """
-    cdef bytes bf = os.fsencode(from_path), bt = os.fsencode(to_path)
+    cdef bytes bf = _fsencode(from_path), bt = _fsencode(to_path)
     cdef const char *f = bf
     cdef const char *t = bt
     cdef int rc, err
@@ -393,7 +406,7 @@ def fsmount_params(fstype, target, params, unsigned int attrs=0, source=None):
             filename2: ``target``. Notes name the step and quote the
             filesystem's own messages.
     """
-    cdef bytes bfs = os.fsencode(fstype), btg = os.fsencode(target)
+    cdef bytes bfs = _fsencode(fstype), btg = _fsencode(target)
     cdef list keep = []
     cdef list items = list(params)
     cdef Py_ssize_t n = len(items), i
@@ -412,7 +425,7 @@ def fsmount_params(fstype, target, params, unsigned int attrs=0, source=None):
         memset(res, 0, sizeof(_result))
         for i in range(n):
             cmd, key, value = items[i]
-            bk = os.fsencode(key)
+            bk = _fsencode(key)
             bv = _enc(value)
             keep.append(bk)
             keep.append(bv)
@@ -507,7 +520,7 @@ def mount_in_dir(dirpath, source, target, fstype=None, unsigned long flags=0, da
         OSError: open of ``dirpath`` (filename=dirpath); thread creation
             (filename=dirpath); mount(2) (filename=source, filename2=target).
     """
-    cdef bytes bdir = os.fsencode(dirpath), bt = os.fsencode(target)
+    cdef bytes bdir = _fsencode(dirpath), bt = _fsencode(target)
     cdef object bs = _enc(source), bf = _enc(fstype), bd = _enc(data)
     cdef const char *cdir = bdir
     cdef _chdir_mount a

@@ -376,6 +376,28 @@ def test_missing_target(tmp_path: Path) -> None:
     assert not mounts_under(tmp_path)
 
 
+def test_embedded_nul_is_refused(tmp_path: Path, target: Path, method: None) -> None:
+    # a C string ends at the first NUL: "<target>\0..." must not act on <target>
+    src, bad = str(tmp_path), str(target) + "\0/elsewhere"
+    calls = [
+        lambda: _sys.mount(src, bad, None, _sys.MS_BIND),
+        lambda: _sys.mount(src + "\0x", str(target), None, _sys.MS_BIND),
+        lambda: _sys.mount("none", str(target), "tmpfs", 0, "size=1m\0,nosuchopt"),
+        lambda: _sys.umount(bad),
+        lambda: _sys.open_path(src + "\0x"),
+        lambda: _sys.fsopen("tmpfs\0x"),
+        lambda: _sys.move_mount(-1, "", _sys.AT_FDCWD, bad, _sys.MOVE_MOUNT_F_EMPTY_PATH),
+        lambda: _sys.fsmount_params("tmpfs", bad, []),
+        lambda: _sys.fsmount_params("overlay", str(target), [(_sys.FSCONFIG_SET_FD, "lowerdir+", src + "\0x")]),
+        lambda: _sys.mount_in_dir(src, "none", bad, "tmpfs"),
+        lambda: _sys.mount_in_dir(src + "\0x", "none", str(target), "tmpfs"),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="null byte"):
+            call()
+        assert not mountinfo(target)
+
+
 @pytest.mark.parametrize("n", [2, 200])  # mount(2), then the new API (with the kernel's message)
 def test_option_the_kernel_rejects(long_root: Path, target: Path, n: int) -> None:
     layers = make_chain(long_root, n, name_len=30)
