@@ -160,8 +160,10 @@ class MetaStore:
         try:
             env.reader_check()  # clear slots of killed readers (DESIGN.md)
             self._dbs = self._open_dbs(env)
-        except BaseException:
+        except BaseException as e:
             env.close()
+            if isinstance(e, lmdb.Error):
+                raise _wrap(e, f"reader check on {self.path}") from e
             raise
         self._env = env
 

@@ -574,3 +574,29 @@ def test_killed_reader_blocks_nothing(ms: MetaStore, tmp_path: Path) -> None:
     assert env.reader_check() == 0
     assert names(ms) == {"base"}
     create(ms, A, "after")
+
+
+def test_reader_check_error_is_snapshot_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # reader_check() runs after lmdb.open(): its lmdb.Error must not leak either
+    import pysnap.metastore as metastore_mod
+
+    real_open, closed = lmdb.open, []
+
+    class Env:
+        def __init__(self, env: lmdb.Environment) -> None:
+            self._env = env
+
+        def reader_check(self) -> int:
+            raise lmdb.ReadersFullError("injected")
+
+        def close(self) -> None:
+            closed.append(True)
+            self._env.close()
+
+    monkeypatch.setattr(metastore_mod.lmdb, "open", lambda *a, **k: Env(real_open(*a, **k)))
+    with pytest.raises(SnapshotError, match="injected") as e:
+        MetaStore(tmp_path)
+    assert isinstance(e.value.__cause__, lmdb.Error)
+    assert closed == [True]
