@@ -261,7 +261,8 @@ def test_decode_info_before_register_types() -> None:
     code = (
         "from snapcore import keys\n"
         "rec = keys.encode_record(1, 1, '', {}, 0, 0)\n"
-        "for call in (lambda: keys.decode_info('a', rec), lambda: keys.decode_infos([(b'a', rec)])):\n"
+        "calls = (lambda: keys.decode_info('a', rec), lambda: keys.decode_infos([(b'a', rec)]))\n"
+        "for call in calls:\n"
         "    try:\n"
         "        call()\n"
         "    except RuntimeError as e:\n"

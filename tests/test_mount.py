@@ -379,6 +379,7 @@ def test_missing_target(tmp_path: Path) -> None:
 def test_embedded_nul_is_refused(tmp_path: Path, target: Path, method: None) -> None:
     # a C string ends at the first NUL: "<target>\0..." must not act on <target>
     src, bad = str(tmp_path), str(target) + "\0/elsewhere"
+    fd = _sys.FSCONFIG_SET_FD
     calls = [
         lambda: _sys.mount(src, bad, None, _sys.MS_BIND),
         lambda: _sys.mount(src + "\0x", str(target), None, _sys.MS_BIND),
@@ -388,7 +389,7 @@ def test_embedded_nul_is_refused(tmp_path: Path, target: Path, method: None) -> 
         lambda: _sys.fsopen("tmpfs\0x"),
         lambda: _sys.move_mount(-1, "", _sys.AT_FDCWD, bad, _sys.MOVE_MOUNT_F_EMPTY_PATH),
         lambda: _sys.fsmount_params("tmpfs", bad, []),
-        lambda: _sys.fsmount_params("overlay", str(target), [(_sys.FSCONFIG_SET_FD, "lowerdir+", src + "\0x")]),
+        lambda: _sys.fsmount_params("overlay", str(target), [(fd, "lowerdir+", src + "\0x")]),
         lambda: _sys.mount_in_dir(src, "none", bad, "tmpfs"),
         lambda: _sys.mount_in_dir(src + "\0x", "none", str(target), "tmpfs"),
     ]
