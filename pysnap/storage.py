@@ -194,7 +194,7 @@ def create_snapshot(
     if kind is not Kind.ACTIVE and kind is not Kind.VIEW:
         raise InvalidArgumentError(f"snapshot {key!r}: cannot create a snapshot of kind {kind!r}")
     kb = _key_bytes(key)
-    pb = _key_bytes(parent, "parent") if parent else b""
+    pb = _key_bytes(parent, "parent") if parent != "" else b""
     clean = validate_labels(labels)
     txn, db = tx.txn, tx.snapshots
     if txn.get(kb, None, db) is not None:

@@ -133,6 +133,14 @@ def test_failed_create_changes_nothing(ms: MetaStore) -> None:
     assert create(ms, A, "a").id == 1
 
 
+@pytest.mark.parametrize("parent", [None, 0, b"p"])
+def test_parent_not_a_str(ms: MetaStore, parent: object) -> None:
+    # a falsy non-str parent once passed as "no parent" and failed in encode_record
+    with pytest.raises(InvalidArgumentError, match="parent must be a str"):
+        create(ms, A, "a", parent)  # type: ignore[arg-type]
+    assert names(ms) == set()
+
+
 # ---- keys and labels --------------------------------------------------------
 
 
