@@ -319,17 +319,19 @@ def commit_active(
     raw = txn.get(kb, None, db)
     if raw is None:
         raise NotFoundError(f"snapshot {key!r} does not exist")
-    if txn.get(nb, None, db) is not None:
-        raise AlreadyExistsError(f"cannot commit {key!r}: snapshot {name!r} already exists")
     rec = _record(key, raw)
     sid, kind, parent = rec[0], rec[1], rec[2]
-    if kind != Kind.ACTIVE:
-        raise FailedPreconditionError(
-            f"cannot commit snapshot {key!r}: it is {_KINDS[kind]}, not active"
-        )
+    # A key recreated since the caller read it is the snapshot gone, like a
+    # missing key: checked first, whatever the new one's kind.
     if expected_id is not None and sid != expected_id:
         raise NotFoundError(
             f"snapshot {key!r} was removed and recreated (id {sid}, expected {expected_id})"
+        )
+    if txn.get(nb, None, db) is not None:
+        raise AlreadyExistsError(f"cannot commit {key!r}: snapshot {name!r} already exists")
+    if kind != Kind.ACTIVE:
+        raise FailedPreconditionError(
+            f"cannot commit snapshot {key!r}: it is {_KINDS[kind]}, not active"
         )
     now = time.time_ns()
     txn.delete(kb, db=db)

@@ -221,6 +221,20 @@ def test_commit_errors_in_order(ms: MetaStore) -> None:
     assert names(ms) == {"taken", "view", "n3"}
 
 
+def test_commit_of_a_replaced_key_is_not_found(ms: MetaStore) -> None:
+    # commit walks outside the write transaction (DESIGN.md): a key removed and
+    # created again meanwhile is the snapshot gone, whatever its new kind, and
+    # before the name check, as a missing key is
+    sid = create(ms, A, "k").id
+    with ms.transaction(write=True) as tx:
+        storage.remove(tx, "k")
+    create(ms, V, "k")
+    committed(ms, "taken")
+    for name in ("n", "taken"):
+        with ms.transaction(write=True) as tx, pytest.raises(NotFoundError, match="recreated"):
+            storage.commit_active(tx, "k", name, Usage(), None, expected_id=sid)
+
+
 # ---- remove -----------------------------------------------------------------
 
 
