@@ -135,6 +135,20 @@ def decode_record(data: bytes) -> tuple[int, int, str, dict[str, str], int, int,
     return id, kind, parent, labels, created, updated, size, inodes
 
 
+def decode_link(data: bytes) -> tuple[int, bytes]:
+    """``(id, parent name as UTF-8 bytes)`` from the head of a record."""
+    if len(data) < _HEAD.size + 4:
+        raise _bad(f"truncated ({len(data)} bytes)")
+    version, kind, id, _, _, _, _, plen = _HEAD.unpack_from(data)
+    if version != RECORD_VERSION:
+        raise _bad(f"unknown format version {version}")
+    if not 1 <= kind <= 3:
+        raise _bad(f"invalid kind {kind}")
+    if plen > len(data) - _HEAD.size - 4:
+        raise _bad("parent name runs past the end")
+    return id, data[_HEAD.size : _HEAD.size + plen]
+
+
 def decode_info(name: str, data: bytes) -> tuple[int, _Info, _Usage]:
     """``(id, Info, Usage)`` of a record stored under ``name``."""
     id, kind, parent, labels, created, updated, size, inodes = decode_record(data)

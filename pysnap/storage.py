@@ -45,6 +45,7 @@ _KINDS = (None, Kind.VIEW, Kind.ACTIVE, Kind.COMMITTED)
 
 _decode_info = keys.decode_info
 _decode_record = keys.decode_record
+_decode_link = keys.decode_link
 _RecordError = keys.RecordError
 
 
@@ -141,15 +142,18 @@ def _record(key: str, raw: bytes) -> tuple[int, int, str, dict[str, str], int, i
 
 def _parent_ids(tx: Txn, parent: str) -> list[int]:
     """The ids of ``parent`` and its ancestors, immediate parent first."""
-    txn, db = tx.txn, tx.snapshots
+    get, db = tx.txn.get, tx.snapshots
     ids: list[int] = []
-    while parent:
-        raw = txn.get(parent.encode(), None, db)
+    name = parent.encode()
+    while name:
+        raw = get(name, None, db)
         if raw is None:
-            raise SnapshotError(f"metadata store corrupt: parent snapshot {parent!r} is missing")
-        rec = _record(parent, raw)
-        ids.append(rec[0])
-        parent = rec[2]
+            raise SnapshotError(f"metadata store corrupt: parent snapshot {name!r} is missing")
+        try:
+            sid, name = _decode_link(raw)
+        except _RecordError as e:
+            raise _corrupt(name.decode(errors="replace"), e) from e
+        ids.append(sid)
         if len(ids) > _MAX_DEPTH:
             raise SnapshotError("metadata store corrupt: parent chain loops")
     return ids

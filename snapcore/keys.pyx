@@ -285,6 +285,18 @@ def decode_record(bytes data not None):
     return (h.id, h.kind, parent, labels, h.created_ns, h.updated_ns, h.size, h.inodes)
 
 
+def decode_link(bytes data not None):
+    """``(id, parent)`` with the parent name as UTF-8 bytes: all a chain walk needs.
+
+    Reads the fixed head only (the labels are not decoded), so following a
+    1,000-deep parent chain costs one LMDB get per layer and little more.
+    Raises RecordError on a corrupt head.
+    """
+    cdef _Head h
+    _read_head(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), &h)
+    return (h.id, PyBytes_FromStringAndSize(h.parent, h.parent_len))
+
+
 cdef inline object _new_tuple(object cls, Py_ssize_t n):
     if cls is None:
         raise RuntimeError("snapcore.keys.register_types() was not called")

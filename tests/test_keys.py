@@ -185,6 +185,7 @@ def test_property_round_trip(
     assert rec == _reference.encode_record(*args)
     assert keys.decode_record(rec) == args == _reference.decode_record(rec)
     assert keys.decode_info("n", rec) == _reference.decode_info("n", rec)
+    assert keys.decode_link(rec) == (sid, parent.encode()) == _reference.decode_link(rec)
     # every strict prefix is refused, by both
     for n in {0, 1, 41, 49, len(rec) // 2, len(rec) - 1} & set(range(len(rec))):
         for impl in IMPLS.values():
@@ -202,9 +203,9 @@ def test_property_keys(parent: int, child: int) -> None:
     assert keys.decode_id(keys.id_key(child)) == child
 
 
-def _outcome(impl: ModuleType, data: bytes) -> object:
+def _outcome(impl: ModuleType, data: bytes, fn: str = "decode_record") -> object:
     try:
-        return impl.decode_record(data)
+        return getattr(impl, fn)(data)
     except ValueError as e:
         assert type(e).__name__ == "RecordError"
         return "error"
@@ -213,7 +214,8 @@ def _outcome(impl: ModuleType, data: bytes) -> object:
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=200))
 def test_property_garbage(data: bytes) -> None:
-    assert _outcome(keys, data) == _outcome(_reference, data)
+    for fn in ("decode_record", "decode_link"):
+        assert _outcome(keys, data, fn) == _outcome(_reference, data, fn)
 
 
 @settings(max_examples=300, deadline=None)
@@ -223,8 +225,8 @@ def test_property_flipped_bytes(parent: str, labels: dict[str, str], data: st.Da
     for _ in range(data.draw(st.integers(1, 4))):
         i = data.draw(st.integers(0, len(rec) - 1))
         rec[i] = data.draw(st.integers(0, 255))
-    got = _outcome(keys, bytes(rec))
-    assert got == _outcome(_reference, bytes(rec))
+    for fn in ("decode_record", "decode_link"):
+        assert _outcome(keys, bytes(rec), fn) == _outcome(_reference, bytes(rec), fn)
 
 
 def test_decode_infos_restores_gc_state() -> None:
