@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 __all__ = ["remove_tree"]
 
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PIN_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass
@@ -28,12 +29,26 @@ class _Frame:
     subdirs: list[bytes] = field(default_factory=list)
 
 
+def _chmod_dir(name: str | bytes, dir_fd: int | None = None) -> None:
+    """chmod 0700 a directory, never what a symlink put in its place points to.
+
+    os.chmod(name) follows symlinks, and Linux has no lchmod: pin the directory
+    with O_PATH|O_NOFOLLOW|O_DIRECTORY (a symlink fails with ENOTDIR) and chmod
+    it through /proc/self/fd, as glibc's fchmodat(AT_SYMLINK_NOFOLLOW) does.
+    """
+    fd = os.open(name, _PIN_DIR, dir_fd=dir_fd)
+    try:
+        os.chmod(f"/proc/self/fd/{fd}", 0o700)
+    finally:
+        os.close(fd)
+
+
 def _open_dir(name: bytes, dir_fd: int) -> int:
     """Open a subdirectory; a mode-000 directory is made accessible first (non-root)."""
     try:
         return os.open(name, _OPEN_DIR, dir_fd=dir_fd)
     except PermissionError:
-        os.chmod(name, 0o700, dir_fd=dir_fd)
+        _chmod_dir(name, dir_fd)
         return os.open(name, _OPEN_DIR, dir_fd=dir_fd)
 
 
@@ -116,7 +131,7 @@ def remove_tree(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> No
     except FileNotFoundError:
         return
     except PermissionError:
-        os.chmod(top, 0o700)
+        _chmod_dir(top)
         root_fd = os.open(top, _OPEN_DIR)
     try:
         rst = os.fstat(root_fd)

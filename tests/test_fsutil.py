@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -150,3 +152,47 @@ def test_read_only_directories(tmp_path: Path, public_tmp: Path) -> None:
 def test_other_errors_raise(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         remove_tree(42)  # type: ignore[arg-type]
+
+
+def _chown_tree(base: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(base):
+        for n in [*dirnames, *filenames]:
+            os.lchown(os.path.join(dirpath, n), 65534, 65534)
+    os.chown(base, 65534, 65534)
+
+
+def test_chmod_never_follows_a_symlink_swapped_in(tmp_path: Path, public_tmp: Path) -> None:
+    """An unreadable directory replaced by a symlink between the failed open and the chmod:
+    the symlink's target keeps its mode (the symlink is removed, the target is not touched)."""
+    base = public_tmp if os.geteuid() == 0 else tmp_path
+    tree = base / "sw"
+    (tree / "a" / "inner").mkdir(parents=True)
+    victim = base / "victim"
+    victim.write_text("keep")
+    os.chmod(victim, 0o600)
+    os.chmod(tree / "a", 0o300)  # not readable; writable, so it can be moved away
+    if os.geteuid() == 0:
+        _chown_tree(base)
+
+    def run() -> None:
+        real_open = os.open
+
+        def swapping_open(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+            try:
+                return real_open(path, flags, *args, **kw)
+            except PermissionError:
+                if path == b"a" and not os.path.islink(tree / "a"):
+                    os.rename(tree / "a", base / "moved-away")
+                    os.symlink(victim, tree / "a")
+                raise
+
+        os.open = swapping_open  # type: ignore[assignment]
+        try:
+            remove_tree(tree)
+        finally:
+            os.open = real_open
+
+    as_nobody(run) if os.geteuid() == 0 else run()
+    assert stat.S_IMODE(os.stat(victim).st_mode) == 0o600
+    assert victim.read_text() == "keep"
+    assert not tree.exists()
