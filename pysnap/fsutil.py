@@ -44,10 +44,14 @@ def _chmod_dir(name: str | bytes, dir_fd: int | None = None) -> None:
 
 
 def _open_dir(name: bytes, dir_fd: int) -> int:
-    """Open a subdirectory; a mode-000 directory is made accessible first (non-root)."""
+    """Open a subdirectory; it and its parent are made accessible first (non-root)."""
     try:
         return os.open(name, _OPEN_DIR, dir_fd=dir_fd)
     except PermissionError:
+        # The parent may be listable but not searchable (mode 0600): no name
+        # in it can be opened or chmod-ed until it is; then the child itself
+        # may be unreadable (mode 000).
+        os.chmod(dir_fd, 0o700)
         _chmod_dir(name, dir_fd)
         return os.open(name, _OPEN_DIR, dir_fd=dir_fd)
 

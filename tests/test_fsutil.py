@@ -161,6 +161,22 @@ def _chown_tree(base: Path) -> None:
     os.chown(base, 65534, 65534)
 
 
+def test_unsearchable_directory_with_subdirectories(tmp_path: Path, public_tmp: Path) -> None:
+    """Mode 0600: listable, but no subdirectory can be opened until the parent is searchable."""
+    base = public_tmp if os.geteuid() == 0 else tmp_path
+    tree = base / "ns"
+    (tree / "a" / "b" / "c").mkdir(parents=True)
+    (tree / "a" / "b" / "f").write_text("x")
+    os.chmod(tree / "a" / "b", 0o600)
+    os.chmod(tree / "a", 0o600)
+    if os.geteuid() == 0:
+        _chown_tree(base)
+        as_nobody(lambda: remove_tree(tree))
+    else:
+        remove_tree(tree)
+    assert not tree.exists()
+
+
 def test_chmod_never_follows_a_symlink_swapped_in(tmp_path: Path, public_tmp: Path) -> None:
     """An unreadable directory replaced by a symlink between the failed open and the chmod:
     the symlink's target keeps its mode (the symlink is removed, the target is not touched)."""
