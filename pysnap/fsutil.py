@@ -156,9 +156,11 @@ def remove_tree(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> No
                             raise
                         os.unlink(name, dir_fd=fd)  # replaced by a file or a symlink
                         continue
-                    cst = os.fstat(child)
-                    os.close(fd)
-                    fd = child
+                    # Rebind fd before closing the parent: a KeyboardInterrupt
+                    # after the close must not let the finally close it again.
+                    fd, parent = child, fd
+                    os.close(parent)
+                    cst = os.fstat(fd)
                     stack.append(_Frame(name, cst.st_dev, cst.st_ino))
                     _empty(fd, stack[-1])
                     continue
@@ -167,8 +169,8 @@ def remove_tree(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> No
                 # Empty now: climb to the parent and remove it from there.
                 stack.pop()
                 parent = _reopen(root_fd, stack, fd)
-                os.close(fd)
-                fd = parent
+                fd, child = parent, fd
+                os.close(child)
                 try:
                     _rmdir(frame.name, fd)
                 except OSError as e:

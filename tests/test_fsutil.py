@@ -212,3 +212,38 @@ def test_chmod_never_follows_a_symlink_swapped_in(tmp_path: Path, public_tmp: Pa
     assert stat.S_IMODE(os.stat(victim).st_mode) == 0o600
     assert victim.read_text() == "keep"
     assert not tree.exists()
+
+
+def test_keyboard_interrupt_at_any_close_neither_leaks_nor_double_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KeyboardInterrupt right after each os.close() in turn: it propagates as it is
+    (a second close of the same fd would raise EBADF instead) and no fd stays open."""
+    real_close = os.close
+    for k in range(1, 200):
+        tree = tmp_path / f"t{k}"
+        for p in ("a/b/c/d", "a/e", "f/g"):
+            (tree / p).mkdir(parents=True)
+            (tree / p / "x").write_text("x")
+        calls = [0]
+
+        def close_then_interrupt(fd: int, calls: list[int] = calls, k: int = k) -> None:
+            real_close(fd)
+            calls[0] += 1
+            if calls[0] == k:
+                raise KeyboardInterrupt
+
+        before = len(os.listdir("/proc/self/fd"))
+        monkeypatch.setattr(os, "close", close_then_interrupt)
+        try:
+            remove_tree(tree)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            monkeypatch.setattr(os, "close", real_close)
+        assert len(os.listdir("/proc/self/fd")) == before, k
+        if calls[0] < k:  # no close left to interrupt: every point was covered
+            assert not tree.exists()
+            break
+    else:
+        pytest.fail("remove_tree closed more fds than expected")
