@@ -272,9 +272,11 @@ def _du_walk(
         if not stack:
             return size, inodes, looked
         d = stack[-1]
+        # Off the stack before closing: an interrupt raised as os.close()
+        # returns must not let disk_usage's finally close the fd again.
         if not d.subdirs:
-            _os.close(d.fd)
             stack.pop()
+            _os.close(d.fd)
             continue
         name = d.subdirs.pop()
         try:
@@ -283,9 +285,8 @@ def _du_walk(
             if err.errno in _VANISHED:
                 continue
             raise OSError(err.errno, err.strerror, d.path(name)) from None
-        finally:
-            if not d.subdirs:  # that was the last: a chain keeps two fds open, not one a level
-                _os.close(d.fd)
-                stack.pop()
         todo = _DuDir(fd, name, d)
         stack.append(todo)
+        if not d.subdirs:  # that was the last: a chain keeps two fds open, not one a level
+            del stack[-2]
+            _os.close(d.fd)

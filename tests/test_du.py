@@ -500,3 +500,40 @@ def test_progress_exception_propagates(big_tree: Path) -> None:
     for threads in (1, 4):
         with pytest.raises(Stop):
             du.disk_usage(big_tree, threads=threads, progress=boom, progress_every=100)
+
+
+def test_reference_keyboard_interrupt_at_any_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The twin, interrupted right after each os.close() in turn: the KeyboardInterrupt
+    propagates as it is (closing an fd twice would raise EBADF) and no fd stays open."""
+    top = tmp_path / "t"
+    for p in ("a/b/c/d", "a/e", "f/g", "h"):
+        (top / p).mkdir(parents=True)
+        (top / p / "x").write_text("x")
+    want = _reference.disk_usage(top)
+    real_close = os.close
+    for k in range(1, 100):
+        calls = [0]
+
+        def close_then_interrupt(fd: int, calls: list[int] = calls, k: int = k) -> None:
+            real_close(fd)
+            calls[0] += 1
+            if calls[0] == k:
+                raise KeyboardInterrupt
+
+        before = open_fds()
+        got = None
+        monkeypatch.setattr(os, "close", close_then_interrupt)
+        try:
+            got = _reference.disk_usage(top)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            monkeypatch.setattr(os, "close", real_close)
+        assert open_fds() == before, k
+        if calls[0] < k:  # every close point was covered
+            assert got == want
+            break
+    else:
+        pytest.fail("more closes than expected")
