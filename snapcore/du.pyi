@@ -32,7 +32,8 @@ def disk_usage(
     Raises:
         OSError: with errno and the full path (str or bytes, like its root)
             of the entry that failed; FileNotFoundError for a missing root.
-            Entries that vanish during the walk (ENOENT, ESTALE) are skipped.
+            Entries that vanish during the walk (ENOENT, ESTALE) are skipped;
+            directories moved during the walk may be counted twice or missed.
         KeyboardInterrupt (or whatever a signal handler or `progress` raises):
             the walk stops within a few thousand entries.
         ValueError: threads or progress_every below 1.

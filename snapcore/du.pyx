@@ -19,6 +19,12 @@ to make the fewest syscalls and nothing else):
   fell out of the window is reopened as ``openat(child, "..")`` (checked by
   ``(st_dev, st_ino)``) when the walk climbs back, so a 10,000-level chain
   costs one extra open per level, and no path is ever longer than a name.
+* A tree changed while it is walked: fds, memory and the walk stay safe,
+  the count is approximate. Vanished entries are skipped; a directory moved
+  from a part already walked to one still to walk is counted twice, one
+  moved the other way (or whose parent moved out of reach of the reopen
+  above) is missed, as with any walk of a tree that is not frozen; a
+  directory replaced by a file or symlink raises (ENOTDIR/ELOOP).
 * Memory grows with the hard-linked inodes only: files with ``st_nlink == 1``
   are counted directly; only files with more links, directories that are
   mount points (the same filesystem can be mounted twice below a root) and
@@ -969,7 +975,8 @@ def disk_usage(*roots, apparent=False, threads=None, progress=None, progress_eve
     Raises:
         OSError: with errno and the full path (str or bytes, like its root)
             of the entry that failed; FileNotFoundError for a missing root.
-            Entries that vanish during the walk (ENOENT, ESTALE) are skipped.
+            Entries that vanish during the walk (ENOENT, ESTALE) are skipped;
+            directories moved during the walk may be counted twice or missed.
         KeyboardInterrupt (or whatever a signal handler or `progress` raises):
             the walk stops within a few thousand entries.
         ValueError: threads or progress_every below 1.
