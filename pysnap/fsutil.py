@@ -39,6 +39,11 @@ def _chmod_dir(name: str | bytes, dir_fd: int | None = None) -> None:
     fd = os.open(name, _PIN_DIR, dir_fd=dir_fd)
     try:
         os.chmod(f"/proc/self/fd/{fd}", 0o700)
+    except FileNotFoundError:
+        # No /proc. Not ENOENT: the walk would take it for a vanished entry,
+        # skip it, and retry its parent's rmdir forever.
+        why = "chmod without following symlinks needs /proc"
+        raise OSError(errno.EOPNOTSUPP, why, name) from None
     finally:
         os.close(fd)
 

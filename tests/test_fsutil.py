@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import signal
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
@@ -247,3 +249,31 @@ def test_keyboard_interrupt_at_any_close_neither_leaks_nor_double_closes(
             break
     else:
         pytest.fail("remove_tree closed more fds than expected")
+
+
+def test_no_proc_for_the_chmod_raises_instead_of_looping(tmp_path: Path, public_tmp: Path) -> None:
+    """Without /proc the no-follow chmod cannot work: that must be an error, not an
+    ENOENT that the walk would take for a vanished entry (and retry forever)."""
+    base = public_tmp if os.geteuid() == 0 else tmp_path
+    tree = base / "np"
+    (tree / "x" / "a" / "inner").mkdir(parents=True)
+    os.chmod(tree / "x" / "a", 0o000)
+    if os.geteuid() == 0:
+        _chown_tree(base)
+
+    def run() -> None:
+        signal.alarm(10)  # a loop kills the child: the test fails instead of hanging
+        real_chmod = os.chmod
+
+        def no_proc(path: Any, *args: Any, **kw: Any) -> None:
+            if isinstance(path, str) and path.startswith("/proc/"):
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+            real_chmod(path, *args, **kw)
+
+        os.chmod = no_proc
+        remove_tree(tree)
+
+    with pytest.raises(OSError) as e:
+        as_nobody(run) if os.geteuid() == 0 else run()
+    assert e.value.errno == errno.EOPNOTSUPP
+    os.chmod(tree / "x" / "a", 0o700)
