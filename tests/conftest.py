@@ -5,9 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from pysnap.fsutil import remove_tree
 
 
 def _have_overlay() -> bool:
@@ -63,3 +67,12 @@ def _no_mounts_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator
         with contextlib.suppress(OSError):
             _sys.umount(point, _sys.MNT_DETACH)
     pytest.fail(f"mounts left behind (now detached): {sorted(os.fsdecode(p) for p in left)}")
+
+
+@pytest.fixture
+def public_tmp() -> Iterator[Path]:
+    """A temporary dir that uid 65534 can reach (pytest's tmp_path is root-only)."""
+    d = Path(tempfile.mkdtemp(prefix="pysnap-test-", dir="/tmp"))
+    os.chmod(d, 0o755)
+    yield d
+    remove_tree(d)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import pickle
 import signal
 import stat
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from privileges import unprivileged
 
 from pysnap import _reference
 from pysnap.fsutil import remove_tree
@@ -63,15 +63,6 @@ def check_all(*roots: str | bytes | Path) -> tuple[int, int]:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-@pytest.fixture
-def public_tmp() -> Iterator[Path]:
-    """A temporary dir that uid 65534 can reach (pytest's tmp_path is root-only)."""
-    d = Path(tempfile.mkdtemp(prefix="pysnap-du-", dir="/tmp"))
-    os.chmod(d, 0o755)
-    yield d
-    remove_tree(d)
 
 
 def _fast_base() -> str | None:
@@ -335,37 +326,6 @@ def test_bad_arguments(tmp_path: Path) -> None:
         du.disk_usage(tmp_path, progress=3)
     with pytest.raises(TypeError):
         du.disk_usage(3)
-
-
-def as_nobody(fn: Callable[[], object]) -> object:
-    """Run fn in a forked child that dropped to uid/gid 65534; its result or exception."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            try:
-                out: object = ("ok", fn())
-            except BaseException as e:
-                out = ("err", e)
-            os.write(w, pickle.dumps(out))
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as fh:
-        data = fh.read()
-    os.waitpid(pid, 0)
-    kind, value = pickle.loads(data)
-    if kind == "err":
-        raise value
-    return value
-
-
-def unprivileged(fn: Callable[[], object]) -> object:
-    return as_nobody(fn) if os.geteuid() == 0 else fn()
 
 
 @pytest.mark.parametrize("name", ["threads1", "threads4", "default", "reference"])

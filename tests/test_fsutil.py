@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import errno
 import os
-import pickle
 import signal
 import stat
-import tempfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from privileges import as_nobody, unprivileged
 
 from pysnap.fsutil import remove_tree
 
@@ -95,42 +93,6 @@ def test_long_names_beyond_path_max(tmp_path: Path) -> None:
     assert not top.exists()
 
 
-def as_nobody(fn: Callable[[], object]) -> object:
-    """Run fn in a forked child that dropped to uid/gid 65534; its result or exception."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            try:
-                out: object = ("ok", fn())
-            except BaseException as e:
-                out = ("err", e)
-            os.write(w, pickle.dumps(out))
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as fh:
-        data = fh.read()
-    os.waitpid(pid, 0)
-    kind, value = pickle.loads(data)
-    if kind == "err":
-        raise value
-    return value
-
-
-@pytest.fixture
-def public_tmp() -> Iterator[Path]:
-    """A temporary dir that uid 65534 can reach (pytest's tmp_path is root-only)."""
-    d = Path(tempfile.mkdtemp(prefix="pysnap-test-", dir="/tmp"))
-    os.chmod(d, 0o755)
-    yield d
-    remove_tree(d)
-
-
 def test_read_only_directories(tmp_path: Path, public_tmp: Path) -> None:
     base = public_tmp if os.geteuid() == 0 else tmp_path
     tree = base / "ro"
@@ -210,7 +172,7 @@ def test_chmod_never_follows_a_symlink_swapped_in(tmp_path: Path, public_tmp: Pa
         finally:
             os.open = real_open
 
-    as_nobody(run) if os.geteuid() == 0 else run()
+    unprivileged(run)
     assert stat.S_IMODE(os.stat(victim).st_mode) == 0o600
     assert victim.read_text() == "keep"
     assert not tree.exists()
@@ -274,6 +236,6 @@ def test_no_proc_for_the_chmod_raises_instead_of_looping(tmp_path: Path, public_
         remove_tree(tree)
 
     with pytest.raises(OSError) as e:
-        as_nobody(run) if os.geteuid() == 0 else run()
+        unprivileged(run)
     assert e.value.errno == errno.EOPNOTSUPP
     os.chmod(tree / "x" / "a", 0o700)
