@@ -608,3 +608,15 @@ def test_ids_never_reused_across_reopen(tmp_path: Path) -> None:
     with OverlaySnapshotter(tmp_path / "r", sync=False) as s:
         s.prepare("c")
         assert sorted(os.listdir(Path(s.root, "snapshots"))) == ["1", "3"]
+
+
+def test_filesystem_without_d_type_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No filesystem without d_type can be made here (xfs ftype=0 needs a v4
+    # filesystem this kernel lacks), so the probe's answer is substituted.
+    from pysnap import overlay
+
+    assert overlay.du.supports_d_type(str(tmp_path))  # ext4 and tmpfs report d_type
+    monkeypatch.setattr(overlay.du, "supports_d_type", lambda path: False)
+    with pytest.raises(FailedPreconditionError, match="d_type"):
+        OverlaySnapshotter(tmp_path / "r")
+    assert not (tmp_path / "r" / "metadata.lmdb").exists()
