@@ -140,6 +140,14 @@ def _record(key: str, raw: bytes) -> tuple[int, int, str, dict[str, str], int, i
         raise _corrupt(key, e) from e
 
 
+def _load(tx: Txn, key: str, kb: bytes) -> tuple[int, int, str, dict[str, str], int, int, int, int]:
+    """The decoded record of ``key`` (encoded as ``kb``). Raises NotFoundError."""
+    raw = tx.txn.get(kb, None, tx.snapshots)
+    if raw is None:
+        raise NotFoundError(f"snapshot {key!r} does not exist")
+    return _record(key, raw)
+
+
 def _parent_ids(tx: Txn, parent: str) -> list[int]:
     """The ids of ``parent`` and its ancestors, immediate parent first."""
     get, db = tx.txn.get, tx.snapshots
@@ -229,10 +237,7 @@ def get_snapshot(tx: Txn, key: str) -> Snapshot:
     Raises:
         NotFoundError: no snapshot ``key``.
     """
-    raw = tx.txn.get(_key_bytes(key), None, tx.snapshots)
-    if raw is None:
-        raise NotFoundError(f"snapshot {key!r} does not exist")
-    rec = _record(key, raw)
+    rec = _load(tx, key, _key_bytes(key))
     return Snapshot(rec[0], _KINDS[rec[1]], tuple(_parent_ids(tx, rec[2])))  # type: ignore[arg-type]
 
 
@@ -274,10 +279,7 @@ def update_info(tx: Txn, info: Info, *fieldpaths: str) -> Info:
     key = info[1]
     kb = _key_bytes(key)
     given = info[3] if info[3] is not None else {}
-    raw = tx.txn.get(kb, None, tx.snapshots)
-    if raw is None:
-        raise NotFoundError(f"snapshot {key!r} does not exist")
-    sid, kind, parent, labels, created, _, size, inodes = _record(key, raw)
+    sid, kind, parent, labels, created, _, size, inodes = _load(tx, key, kb)
     if not fieldpaths:
         labels = dict(given)
     for path in fieldpaths:
@@ -320,11 +322,7 @@ def commit_active(
     size = _usage_int(usage[0], "size")
     inodes = _usage_int(usage[1], "inodes")
     txn, db = tx.txn, tx.snapshots
-    raw = txn.get(kb, None, db)
-    if raw is None:
-        raise NotFoundError(f"snapshot {key!r} does not exist")
-    rec = _record(key, raw)
-    sid, kind, parent = rec[0], rec[1], rec[2]
+    sid, kind, parent = _load(tx, key, kb)[:3]
     # A key recreated since the caller read it is the snapshot gone, like a
     # missing key: checked first, whatever the new one's kind.
     if expected_id is not None and sid != expected_id:
@@ -354,11 +352,7 @@ def remove(tx: Txn, key: str) -> tuple[int, Kind]:
     """
     kb = _key_bytes(key)
     txn, db = tx.txn, tx.snapshots
-    raw = txn.get(kb, None, db)
-    if raw is None:
-        raise NotFoundError(f"snapshot {key!r} does not exist")
-    rec = _record(key, raw)
-    sid, kind, parent = rec[0], rec[1], rec[2]
+    sid, kind, parent = _load(tx, key, kb)[:3]
     prefix = keys.id_key(sid)
     with txn.cursor(tx.parents) as cur:
         if cur.set_range(prefix) and cur.key()[:8] == prefix:
