@@ -68,7 +68,9 @@ class OverlaySnapshotter:
         self._snapshots = os.path.join(self.root, "snapshots")
         with contextlib.suppress(FileExistsError):
             os.mkdir(self._snapshots, 0o700)
-        if not du.supports_d_type(self._snapshots):
+        # The probe goes in the root, as containerd's does: under snapshots/
+        # a cleanup() in another process would reap it as an orphan mid-probe.
+        if not du.supports_d_type(self.root):
             raise FailedPreconditionError(
                 f"open {self.root!r}: the filesystem does not report d_type, "
                 "which overlayfs needs (containerd refuses it too)"

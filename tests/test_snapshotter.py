@@ -620,3 +620,25 @@ def test_filesystem_without_d_type_refused(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(FailedPreconditionError, match="d_type"):
         OverlaySnapshotter(tmp_path / "r")
     assert not (tmp_path / "r" / "metadata.lmdb").exists()
+
+
+def test_open_survives_a_concurrent_cleanup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The d_type probe of an open must not sit where cleanup() reaps orphans:
+    # a cleanup run by another process while this one opens would delete it.
+    import subprocess
+    import sys
+    import tempfile
+
+    root = tmp_path / "r"
+    OverlaySnapshotter(root, sync=False).close()
+    cleanup = f"import pysnap; pysnap.OverlaySnapshotter({str(root)!r}).cleanup()"
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp_then_cleanup(*args: object, **kwargs: object) -> object:
+        path = real_mkdtemp(*args, **kwargs)  # type: ignore[call-overload]
+        if os.fsdecode(os.path.basename(path)).startswith("d_type-test-"):
+            subprocess.run([sys.executable, "-c", cleanup], check=True)
+        return path
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp_then_cleanup)
+    OverlaySnapshotter(root, sync=False).close()
