@@ -622,7 +622,7 @@ def test_filesystem_without_d_type_refused(tmp_path: Path, monkeypatch: pytest.M
     assert not (tmp_path / "r" / "metadata.lmdb").exists()
 
 
-def test_open_survives_a_concurrent_cleanup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_open_survives_concurrent_cleanup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The d_type probe of an open must not sit where cleanup() reaps orphans:
     # a cleanup run by another process while this one opens would delete it.
     import subprocess
