@@ -337,9 +337,11 @@ def cmd_rm(args: argparse.Namespace) -> int:
                 sn.remove(key)
                 removed.append(key)
             except SnapshotError as e:
-                code = code or _fail(args, e.code, f"{args.command}: {e}", e.exit_code)
+                failed = _fail(args, e.code, f"{args.command}: {e}", e.exit_code)
+                code = code or failed  # every failure reported; the first one's code
             except OSError as e:
-                code = code or _fail(args, _oserror_code(e), f"{args.command}: {e}", EXIT_OSERROR)
+                failed = _fail(args, _oserror_code(e), f"{args.command}: {e}", EXIT_OSERROR)
+                code = code or failed
     return code
 
 

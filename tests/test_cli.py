@@ -381,6 +381,9 @@ def test_rm_and_cleanup(run: Run, root: str) -> None:
     code, _, err = run("rm", "nope", "ro", "work")  # one failure, the rest still go
     assert code == 3
     assert "nope" in err
+    code, _, err = run("rm", "gone-1", "gone-2")  # every failure is reported
+    assert code == 3
+    assert "gone-1" in err and "gone-2" in err
     code, _, _ = run("rm", "layer-1", "base")
     assert code == 0
     assert jrun(run, "ls") == []
