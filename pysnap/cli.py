@@ -167,7 +167,8 @@ def _label_arg(text: str) -> tuple[str, str]:
 
 
 def _labels(pairs: Sequence[tuple[str, str]] | None) -> dict[str, str]:
-    return {k: v for k, v in pairs or () if v}
+    # The last value of a repeated key wins (ctr's LabelArgs), then "" drops it.
+    return {k: v for k, v in dict(pairs or ()).items() if v}
 
 
 def build_parser() -> argparse.ArgumentParser:

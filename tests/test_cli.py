@@ -353,6 +353,10 @@ def test_label(run: Run) -> None:
     assert doc["labels"] == {"a": "3", "b": "2", "dotted.key": "v"}
     code, _, _ = run("label", "nope", "a=1")
     assert code == 3
+    code, out, _ = run("label", "work", "b=5", "b=")  # the last value wins, as in ctr
+    assert out.splitlines() == ["a=3", "dotted.key=v"]
+    run("prepare", "rep", "--label", "r=1", "--label", "r=")
+    assert jrun(run, "info", "rep")["labels"] == {}  # type: ignore[index]
 
 
 def test_tree(run: Run) -> None:
