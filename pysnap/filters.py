@@ -237,7 +237,10 @@ def parse(text: str) -> tuple[Selector, ...]:
 
     Raises:
         FilterSyntaxError (an InvalidArgumentError): the filter is malformed.
+        InvalidArgumentError: ``text`` is not a str.
     """
+    if not isinstance(text, str):  # bytes or None would fail deep in the scanner
+        raise InvalidArgumentError(f"filter must be a str, not {type(text).__name__}")
     if not text.strip():
         return ()
     scanner = _Scanner(text)

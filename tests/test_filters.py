@@ -254,3 +254,9 @@ def test_error_is_invalid_argument_with_code() -> None:
         compile_filters("name==")
     assert excinfo.value.code == "invalid_argument"
     assert excinfo.value.exit_code == 6
+
+
+@pytest.mark.parametrize("bad", [None, b"name==a", 5])
+def test_filter_not_a_str_is_invalid_argument(bad: object) -> None:
+    with pytest.raises(InvalidArgumentError, match="must be a str"):
+        compile_filters(bad)  # type: ignore[arg-type]
