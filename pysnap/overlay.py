@@ -209,10 +209,16 @@ class OverlaySnapshotter:
         ``labels.K``: K takes ``info.labels.get(K, "")``; empty deletes it.
         Any other path: InvalidArgumentError.
         """
+        if not self._upperdir_label:
+            with self._ms.transaction(write=True) as tx:
+                return storage.update_info(tx, info, *fieldpaths)
+        # The upperdir label is added on the way out and never stored, even
+        # when the caller hands back an Info that carries it.
+        info = info.replace(labels={k: v for k, v in info.labels.items() if k != UPPERDIR_LABEL})
         with self._ms.transaction(write=True) as tx:
             new = storage.update_info(tx, info, *fieldpaths)
-            sid = storage.get_snapshot(tx, new.name).id if self._upperdir_label else 0
-        return self._labelled(sid, new) if self._upperdir_label else new
+            sid = storage.get_snapshot(tx, new.name).id
+        return self._labelled(sid, new)
 
     def remove(self, key: str) -> None:
         """Remove the snapshot ``key`` of any kind; its directory goes after the record.

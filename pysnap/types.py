@@ -162,6 +162,8 @@ class Mount:
     options: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
+        if isinstance(self.options, str):  # would split into characters
+            raise TypeError(f"Mount options must be a sequence of str, not {self.options!r}")
         if not isinstance(self.options, tuple):
             opts: Iterable[str] = self.options
             object.__setattr__(self, "options", tuple(opts))

@@ -255,8 +255,9 @@ def test_upperdir_label(tmp_path: Path) -> None:
         assert s.stat("a").labels == {"x": "y", UPPERDIR_LABEL: upper}
         assert s.walk()[0].labels[UPPERDIR_LABEL] == upper
         assert s.update(Info(name="a", labels={}), "labels").labels == {UPPERDIR_LABEL: upper}
+        s.update(s.stat("a").replace(labels={**s.stat("a").labels, "z": "1"}))
     with OverlaySnapshotter(tmp_path / "r", sync=False) as s:
-        assert s.stat("a").labels == {}  # never stored
+        assert s.stat("a").labels == {"z": "1"}  # the upperdir label is never stored
 
 
 # -- walk ----------------------------------------------------------------------
