@@ -154,15 +154,12 @@ class OverlaySnapshotter:
         """
         match = compile_filters(*filters)
         with self._ms.transaction() as tx:
-            infos = storage.walk_info(tx)
-            ids = (
-                {name: sid for sid, name in storage.id_map(tx).items()}
-                if (self._upperdir_label)
-                else None
-            )
-        if ids is not None:
-            infos = [self._labelled(ids[i.name], i) for i in infos]
-        return [i for i in infos if match(i)]
+            infos = [i for i in storage.walk_info(tx) if match(i)]
+            if not self._upperdir_label:
+                return infos
+            ids = {name: sid for sid, name in storage.id_map(tx).items()}
+        # As containerd's Walk: filters see the stored labels, then the label is added.
+        return [self._labelled(ids[i.name], i) for i in infos]
 
     # -- writing ------------------------------------------------------------
 
