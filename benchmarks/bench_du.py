@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from timing import median
 
 from pysnap import _reference
 from snapcore import du
@@ -142,13 +143,13 @@ def test_du(benchmark: Any, trees: dict[str, str], tree: str, impl: str) -> None
         correct = fn(path) == EXPECTED[tree]
     rounds = SCANDIR_ROUNDS[tree] if impl == "scandir twin" else ROUNDS[tree]
     benchmark.pedantic(fn, args=(path,), rounds=rounds, iterations=1, warmup_rounds=1)
-    median = benchmark.stats.stats.median
-    MEDIANS[(tree, impl)] = median
+    med = median(benchmark)
+    MEDIANS[(tree, impl)] = med
     base = MEDIANS.get((tree, "du -s"))
     benchmark.extra_info.update(
         entries=entries,
-        ns_per_entry=round(median * 1e9 / entries, 1),
-        ratio_vs_du_s=round(median / base, 3) if base else None,
+        ns_per_entry=round(med * 1e9 / entries, 1),
+        ratio_vs_du_s=round(med / base, 3) if base else None,
         correct=correct,
     )
     assert correct
