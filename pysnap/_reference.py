@@ -94,30 +94,32 @@ def _bad(why: str) -> RecordError:
 
 def _take_str(data: bytes, off: int, what: str) -> tuple[str, int]:
     if len(data) - off < 4:
-        return _fail(f"truncated {what}")
+        raise _bad(f"truncated {what}")
     (n,) = _BE32.unpack_from(data, off)
     off += 4
     if n > len(data) - off:
-        return _fail(f"{what} runs past the end")
+        raise _bad(f"{what} runs past the end")
     try:
         return data[off : off + n].decode(), off + n
     except UnicodeDecodeError:
         raise _bad(f"{what} is not valid UTF-8") from None
 
 
-def _fail(why: str) -> tuple[str, int]:
-    raise _bad(why)
+def _read_head(data: bytes) -> tuple[int, int, int, int, int, int, int]:
+    """``(kind, id, created, updated, size, inodes, parent length)``, checked."""
+    if len(data) < _HEAD.size + 4:
+        raise _bad(f"truncated ({len(data)} bytes)")
+    version, *head = _HEAD.unpack_from(data)
+    if version != RECORD_VERSION:
+        raise _bad(f"unknown format version {version}")
+    if not 1 <= head[0] <= 3:
+        raise _bad(f"invalid kind {head[0]}")
+    return tuple(head)
 
 
 def decode_record(data: bytes) -> tuple[int, int, str, dict[str, str], int, int, int, int]:
     """``(id, kind, parent, labels, created_ns, updated_ns, size, inodes)``."""
-    if len(data) < _HEAD.size + 4:
-        raise _bad(f"truncated ({len(data)} bytes)")
-    version, kind, id, created, updated, size, inodes, _ = _HEAD.unpack_from(data)
-    if version != RECORD_VERSION:
-        raise _bad(f"unknown format version {version}")
-    if not 1 <= kind <= 3:
-        raise _bad(f"invalid kind {kind}")
+    kind, id, created, updated, size, inodes, _ = _read_head(data)
     parent, off = _take_str(data, _HEAD.size - 4, "parent name")
     if len(data) - off < 4:
         raise _bad("parent name runs past the end")
@@ -137,13 +139,7 @@ def decode_record(data: bytes) -> tuple[int, int, str, dict[str, str], int, int,
 
 def decode_link(data: bytes) -> tuple[int, bytes]:
     """``(id, parent name as UTF-8 bytes)`` from the head of a record."""
-    if len(data) < _HEAD.size + 4:
-        raise _bad(f"truncated ({len(data)} bytes)")
-    version, kind, id, _, _, _, _, plen = _HEAD.unpack_from(data)
-    if version != RECORD_VERSION:
-        raise _bad(f"unknown format version {version}")
-    if not 1 <= kind <= 3:
-        raise _bad(f"invalid kind {kind}")
+    _, id, _, _, _, _, plen = _read_head(data)
     if plen > len(data) - _HEAD.size - 4:
         raise _bad("parent name runs past the end")
     return id, data[_HEAD.size : _HEAD.size + plen]
