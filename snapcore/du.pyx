@@ -283,44 +283,39 @@ cdef char *_build_path(Worker *w, int depth, const char *extra, size_t *outlen) 
     return p
 
 
-cdef int _fail(Worker *w, int err, int depth, const char *extra) noexcept nogil:
-    """Record the first error (errno, full path) and stop every worker. Returns STOP."""
-    cdef Walk *wk = w.wk
-    cdef size_t n = 0
-    cdef char *p = NULL
-    if w.job != NULL:
-        p = _build_path(w, depth, extra, &n)
-    linux.pthread_mutex_lock(&wk.lock)
-    if wk.err == 0 and wk.exc == NULL:
-        wk.err = err
-        wk.errroot = w.job.root if w.job != NULL else -1
-        wk.errpath = p
-        wk.errpathlen = n
-        p = NULL
-    linux.snap_store_int(&wk.stop, 1)
-    linux.pthread_cond_broadcast(&wk.cond)
-    linux.pthread_mutex_unlock(&wk.lock)
-    free(p)
-    return STOP
-
-
-cdef int _fail_path(Walk *wk, int err, int root, const char *path) noexcept nogil:
-    cdef size_t n = strlen(path)
-    cdef char *p = <char *>malloc(n + 1)
-    if p != NULL:
-        memcpy(p, path, n + 1)
+cdef int _record_error(Walk *wk, int err, int root, char *path, size_t n) noexcept nogil:
+    """Keep the first error (errno, root, malloc'd path: taken over, may be NULL)
+    and stop every worker. Returns STOP."""
     linux.pthread_mutex_lock(&wk.lock)
     if wk.err == 0 and wk.exc == NULL:
         wk.err = err
         wk.errroot = root
-        wk.errpath = p
-        wk.errpathlen = n if p != NULL else 0
-        p = NULL
+        wk.errpath = path
+        wk.errpathlen = n if path != NULL else 0
+        path = NULL
     linux.snap_store_int(&wk.stop, 1)
     linux.pthread_cond_broadcast(&wk.cond)
     linux.pthread_mutex_unlock(&wk.lock)
-    free(p)
+    free(path)
     return STOP
+
+
+cdef int _fail(Worker *w, int err, int depth, const char *extra) noexcept nogil:
+    """Record the first error with the full path of the entry that failed. Returns STOP."""
+    cdef size_t n = 0
+    cdef char *p = NULL
+    if w.job != NULL:
+        p = _build_path(w, depth, extra, &n)
+    return _record_error(w.wk, err, w.job.root if w.job != NULL else -1, p, n)
+
+
+cdef int _fail_path(Walk *wk, int err, int root, const char *path) noexcept nogil:
+    """Record the first error with a copy of ``path`` (a root). Returns STOP."""
+    cdef size_t n = strlen(path)
+    cdef char *p = <char *>malloc(n + 1)
+    if p != NULL:
+        memcpy(p, path, n + 1)
+    return _record_error(wk, err, root, p, n)
 
 
 cdef int _claim(Walk *wk, uint64_t dev, uint64_t ino) noexcept nogil:
