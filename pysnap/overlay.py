@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import tempfile
-import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
@@ -85,15 +84,12 @@ class OverlaySnapshotter:
             # containerd does the same: index=on makes shared lowers EBUSY.
             self._options += ("index=off",)
         self._ms = MetaStore(self.root, sync=sync)
-        self._closed = threading.Event()
 
     # -- lifecycle ----------------------------------------------------------
 
     def close(self) -> None:
         """Close the metadata store. Calling it again does nothing."""
-        if not self._closed.is_set():
-            self._closed.set()
-            self._ms.close()
+        self._ms.close()  # idempotent and thread-safe itself
 
     def sync(self) -> None:
         """Flush metadata to disk now (for a snapshotter opened with ``sync=False``)."""
@@ -182,22 +178,23 @@ class OverlaySnapshotter:
         order: NotFoundError (no key), AlreadyExistsError (name taken),
         FailedPreconditionError (key is not ACTIVE).
         """
+        # Checked before the walk, so bad input never costs one.
         storage.validate_key(name, "name")
         storage.validate_labels(labels)
         with self._ms.transaction() as tx:
-            snap = storage.get_snapshot(tx, key)
+            sid, info, _ = storage.get_info(tx, key)  # one record, not the parent chain
         usage = Usage()
-        if snap.kind == Kind.ACTIVE:
+        if info.kind == Kind.ACTIVE:
             # The walk runs outside the write transaction; commit_active checks
             # that the same id is still ACTIVE under key.
             try:
-                usage = Usage(*du.disk_usage(self._upper(snap.id)))
+                usage = Usage(*du.disk_usage(self._upper(sid)))
             except FileNotFoundError:
                 raise NotFoundError(
                     f"commit {key!r}: snapshot was removed during the usage walk"
                 ) from None
         with self._ms.transaction(write=True) as tx:
-            storage.commit_active(tx, key, name, usage, labels, expected_id=snap.id)
+            storage.commit_active(tx, key, name, usage, labels, expected_id=sid)
 
     def update(self, info: Info, *fieldpaths: str) -> Info:
         """Change the labels of ``info.name`` and return its new Info.
@@ -214,7 +211,7 @@ class OverlaySnapshotter:
         info = info.replace(labels={k: v for k, v in info.labels.items() if k != UPPERDIR_LABEL})
         with self._ms.transaction(write=True) as tx:
             new = storage.update_info(tx, info, *fieldpaths)
-            sid = storage.get_snapshot(tx, new.name).id
+            sid = storage.get_info(tx, new.name)[0]  # one record, not the parent chain
         return self._labelled(sid, new)
 
     def remove(self, key: str) -> None:
