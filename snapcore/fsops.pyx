@@ -52,7 +52,7 @@ from libc cimport errno
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memchr, memcmp, memcpy, memset, strlen, strerror
+from libc.string cimport memchr, memcmp, memcpy, memset, strerror, strlen, strrchr
 from posix.time cimport timespec
 from posix.types cimport dev_t, gid_t, mode_t, uid_t
 
@@ -914,129 +914,141 @@ cdef class Applier:
                 free(self.cache[i].path)
                 self.cache[i].path = NULL
 
+    cdef int _root_path(self, const char *want, Buf *out) noexcept nogil:
+        """out = want with this layer's symlinks resolved inside the root (containerd's
+        fs.RootPath): components that do not exist are kept as names, ``..`` pops one.
+
+        The slow path, taken only when the kernel's resolution met a missing
+        component; the result has no symlinks left (except missing ones' targets).
+        """
+        cdef Buf rest
+        cdef size_t i, j, k
+        cdef int fd, hops = 0, rc = 0
+        cdef c.stat st
+        cdef ssize_t ln
+        cdef char target[4097]
+        rest.p = NULL
+        rest.len = rest.cap = 0
+        out.len = 0
+        if buf_reserve(out, 0) or buf_set(&rest, want, strlen(want)):
+            buf_free(&rest)
+            return self._os(errno.ENOMEM, "")
+        out.p[0] = 0
+        i = 0
+        while i < rest.len:
+            while i < rest.len and rest.p[i] == c'/':
+                i += 1
+            j = i
+            while j < rest.len and rest.p[j] != c'/':
+                j += 1
+            if j == i or (j - i == 1 and rest.p[i] == c'.'):
+                i = j
+                continue
+            if j - i == 2 and rest.p[i] == c'.' and rest.p[i + 1] == c'.':
+                k = out.len
+                while k > 0 and out.p[k - 1] != c'/':
+                    k -= 1
+                out.len = k - 1 if k > 0 else 0
+                out.p[out.len] = 0
+                i = j
+                continue
+            k = out.len
+            if out.len:
+                buf_add(out, "/", 1)
+            if buf_add(out, rest.p + i, j - i):
+                rc = self._os(errno.ENOMEM, "")
+                break
+            fd = c.snap_openat2(self.root, out.p, c.O_PATH | c.O_NOFOLLOW | c.O_CLOEXEC,
+                                IN_ROOT | c.RESOLVE_NO_SYMLINKS)
+            i = j
+            if fd < 0:
+                continue                 # missing (or below a file): kept as a name
+            if c.fstat(fd, &st) == 0 and c.S_ISLNK(st.st_mode):
+                ln = c.readlinkat(fd, "", target, 4096)
+                c.close(fd)
+                hops += 1
+                if ln < 0 or hops > 255:
+                    rc = self._os(errno.errno if ln < 0 else errno.ELOOP, "resolving a symlink")
+                    break
+                target[ln] = 0
+                out.len = 0 if target[0] == c'/' else k     # drop the symlink's own name
+                out.p[out.len] = 0
+                # rest = target + "/" + rest[i:]
+                buf_set(&self.scratch, target, <size_t>ln)
+                buf_add(&self.scratch, "/", 1)
+                if buf_add(&self.scratch, rest.p + i, rest.len - i) or \
+                        buf_set(&rest, self.scratch.p, self.scratch.len):
+                    rc = self._os(errno.ENOMEM, "")
+                    break
+                i = 0
+                continue
+            c.close(fd)
+        buf_free(&rest)
+        return rc
+
     cdef int _make_parents(self, const char *want) noexcept nogil:
         """Make the missing directories of the path ``want`` inside the root.
 
-        Component by component from the root: the first one that does not
-        resolve is made (a dangling symlink of this layer is followed, inside
-        the root, as containerd's fs.RootPath does), until the whole path opens.
+        ``want`` is resolved as containerd's fs.RootPath does (a dangling
+        symlink of this layer leads to its target, inside the root); each
+        missing component is then made, opened with RESOLVE_NO_SYMLINKS.
         """
         cdef Buf path
-        cdef char *comp
-        cdef size_t i, start
-        cdef int pfd, fd, hops = 0, rc = 0
-        cdef c.stat st
+        cdef size_t i
+        cdef int fd, pfd, rc = 0
         cdef char saved
-        cdef ssize_t ln
-        cdef char target[4097]
         path.p = NULL
         path.len = path.cap = 0
-        if buf_set(&path, want, strlen(want)):
-            return self._os(errno.ENOMEM, "")
-        while rc == 0:
-            fd = c.snap_openat2(self.root, path.p, DIR_FLAGS, IN_ROOT)
-            if fd >= 0:
-                c.close(fd)
+        if self._root_path(want, &path) < 0:
+            buf_free(&path)
+            return -1
+        pfd = -1
+        i = 0
+        while i < path.len and rc == 0:
+            i += 1
+            while i < path.len and path.p[i] != c'/':
+                i += 1
+            saved = path.p[i]
+            path.p[i] = 0
+            fd = c.snap_openat2(self.root, path.p, DIR_FLAGS, IN_ROOT | c.RESOLVE_NO_SYMLINKS)
+            if fd < 0 and errno.errno == errno.ENOENT:
+                rc = self._make_dir(pfd if pfd >= 0 else self.root, path.p)
+                if rc == 0:
+                    fd = c.snap_openat2(self.root, path.p, DIR_FLAGS, IN_ROOT | c.RESOLVE_NO_SYMLINKS)
+            path.p[i] = saved
+            if rc:
                 break
-            if errno.errno != errno.ENOENT:
-                break                    # the caller's open reports it
-            # the first component that does not resolve
-            pfd = -1
-            i = 0
-            while True:
-                while i < path.len and path.p[i] == c'/':
-                    i += 1
-                start = i
-                while i < path.len and path.p[i] != c'/':
-                    i += 1
-                saved = path.p[i]
-                path.p[i] = 0
-                fd = c.snap_openat2(self.root, path.p, DIR_FLAGS, IN_ROOT)
-                path.p[i] = saved
-                if fd >= 0:
-                    if pfd >= 0:
-                        c.close(pfd)
-                    pfd = fd
-                    if i >= path.len:
-                        break
-                    continue
-                if errno.errno != errno.ENOENT:
-                    rc = self._tar("a parent directory of the entry is not a directory") \
-                        if errno.errno == errno.ENOTDIR else self._os(errno.errno, "making parents")
-                    break
-                fd = pfd if pfd >= 0 else self.root
-                path.p[i] = 0
-                comp = path.p + start
-                if c.fstatat(fd, comp, &st, NOFOLLOW) == 0 and c.S_ISLNK(st.st_mode):
-                    ln = c.readlinkat(fd, comp, target, 4096)
-                    path.p[i] = saved
-                    hops += 1
-                    if ln < 0 or hops > MAX_HOPS:
-                        rc = self._os(errno.errno if ln < 0 else errno.ELOOP, "making parents")
-                        break
-                    target[ln] = 0
-                    rc = self._splice(&path, start, i, target, <size_t>ln)
-                    break                # resolve the new path from the root again
-                if self._make_dir(fd, comp) < 0:
-                    path.p[i] = saved
-                    rc = -1
-                    break
-                path.p[i] = saved
-                i = start                # open the made directory next
+            if fd < 0:
+                rc = self._tar("a parent directory of the entry is not a directory") \
+                    if errno.errno in (errno.ENOTDIR, errno.ELOOP) else \
+                    self._os(errno.errno, "making parents")
+                break
             if pfd >= 0:
                 c.close(pfd)
+            pfd = fd
+        if pfd >= 0:
+            c.close(pfd)
         buf_free(&path)
         return rc
 
-    cdef int _splice(self, Buf *path, size_t start, size_t end, const char *target,
-                     size_t tl) noexcept nogil:
-        """path = (target if absolute else path[:start] + target) + path[end:]."""
-        cdef Buf out
-        out.p = NULL
-        out.len = out.cap = 0
-        if target[0] != c'/':
-            buf_add(&out, path.p, start)
-        buf_add(&out, target, tl)
-        if buf_add(&out, path.p + end, path.len - end):
-            buf_free(&out)
-            return self._os(errno.ENOMEM, "")
-        buf_free(path)
-        path[0] = out
-        return 0
-
-    cdef int _make_dir(self, int dfd, const char *comp) noexcept nogil:
-        """mkdir an implied parent; it takes the nearest lower layer's metadata, or 0755."""
-        cdef char link[64]
-        cdef char where[4097]
-        cdef ssize_t n
-        cdef size_t rl = self.root_len
+    cdef int _make_dir(self, int dfd, const char *path) noexcept nogil:
+        """mkdir an implied parent (path: from the root, no symlinks); it takes the nearest
+        lower layer's metadata (a directory there), or 0755."""
+        cdef const char *comp = strrchr(path, c'/')
         cdef int i, fd
         cdef c.stat st
         cdef bint found = False
+        comp = comp + 1 if comp != NULL else path
         if c.mkdirat(dfd, comp, 0o700) < 0 and errno.errno != errno.EEXIST:
             return self._os(errno.errno, "making a parent directory")
-        # where it is, inside the root: lowers are looked up at the same path
-        snprintf(link, sizeof(link), "/proc/self/fd/%d", dfd)
-        n = c.readlinkat(c.AT_FDCWD, link, where, 4096)
-        if n < 0:
-            return self._os(errno.errno, "reading /proc/self/fd")
-        where[n] = 0
-        if <size_t>n < rl or memcmp(where, self.root_c, rl) != 0:
-            return self._os(errno.EXDEV, "making a parent directory (outside the root?)")
-        buf_set(&self.scratch, &where[rl], <size_t>n - rl)
-        if self.scratch.len:
-            buf_add(&self.scratch, "/", 1)
-        buf_add(&self.scratch, comp, strlen(comp))
         for i in range(self.nlowers):
-            fd = c.snap_openat2(self.lowers[i], self.scratch.p + (1 if self.scratch.p[0] == c'/' else 0),
-                                c.O_PATH | c.O_NOFOLLOW | c.O_CLOEXEC,
+            fd = c.snap_openat2(self.lowers[i], path, c.O_PATH | c.O_NOFOLLOW | c.O_CLOEXEC,
                                 c.RESOLVE_IN_ROOT | c.RESOLVE_NO_SYMLINKS)
             if fd < 0:
                 if errno.errno == errno.ENOENT:
                     continue
                 break                    # a symlink or a file on the way: defaults
-            if c.fstat(fd, &st) == 0 and c.S_ISDIR(st.st_mode):
-                found = True
+            found = c.fstat(fd, &st) == 0 and c.S_ISDIR(st.st_mode)
             c.close(fd)
             break
         if found:
@@ -1044,7 +1056,7 @@ cdef class Applier:
                 return self._os(errno.errno, "chown of a parent directory")
             if c.fchmodat(dfd, comp, st.st_mode & 0o7777, 0) < 0:
                 return self._os(errno.errno, "chmod of a parent directory")
-            return self._defer_times(self.scratch.p, st.st_atim, st.st_mtim)
+            return self._defer_times(path, st.st_atim, st.st_mtim)
         if c.fchmodat(dfd, comp, 0o755, 0) < 0:
             return self._os(errno.errno, "chmod of a parent directory")
         return 0
@@ -1261,6 +1273,7 @@ cdef class Applier:
         cdef size_t k
         cdef int tfd, rc, err
         cdef const char *tbase
+        cdef char tbuf[4097]
         cdef c.stat st
         if clean_path(self.link.p, self.link.len, &self.scratch):
             return self._tar("hard link target with a NUL byte")
@@ -1269,10 +1282,19 @@ cdef class Applier:
         k = self.scratch.len
         while k > 0 and self.scratch.p[k - 1] != c'/':
             k -= 1
-        tbase = self.scratch.p + k
+        if self.scratch.len - k > 4096:
+            return self._tar("hard link target name too long")
+        memcpy(tbuf, self.scratch.p + k, self.scratch.len - k + 1)  # scratch is reused below
+        tbase = tbuf
         if k:
             self.scratch.p[k - 1] = 0
             tfd = c.snap_openat2(self.root, self.scratch.p, DIR_FLAGS, IN_ROOT)
+            if tfd < 0 and errno.errno == errno.ENOENT:
+                # a missing component in a symlink of the target's path: containerd's RootPath
+                if buf_set(&self.link, self.scratch.p, strlen(self.scratch.p)) or \
+                        self._root_path(self.link.p, &self.parent) < 0:
+                    return self._os(errno.ENOMEM, "resolving the hard link target")
+                tfd = c.snap_openat2(self.root, self.parent.p, DIR_FLAGS, IN_ROOT)
             if tfd < 0:
                 if errno.errno == errno.ENOENT or errno.errno == errno.ENOTDIR:
                     return self._tar("hard link target does not exist")
@@ -1345,3 +1367,588 @@ def syncfs(int fd):
         err = errno.errno
     if rc < 0:
         raise OSError(err, strerror(err).decode())
+
+
+# ---- diff: an upper directory back into a tar ----------------------------------
+
+class UpperError(ValueError):
+    """An upper directory that cannot be written as a layer (redirect_dir, metacopy, changes)."""
+
+    def __init__(self, message, entry=None):
+        super().__init__(message)
+        self.entry = entry
+
+
+cdef extern from "<stdlib.h>" nogil:
+    void qsort(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *) noexcept nogil)
+
+cdef extern from "<string.h>" nogil:
+    int strcmp(const char *a, const char *b)
+    int strncmp(const char *a, const char *b, size_t n)
+
+
+cdef int cmp_names(const void *a, const void *b) noexcept nogil:
+    return strcmp((<const char **>a)[0], (<const char **>b)[0])
+
+
+cdef struct Frame:
+    int fd
+    Buf arena                  # the names, NUL-separated
+    char **names               # sorted, into arena
+    size_t n, i
+    size_t pathlen             # length of the path prefix ("a/b/") of this directory
+
+
+cdef struct Link:
+    dev_t dev
+    uint64_t ino
+    char *path                 # NULL: free slot
+
+
+cdef enum:
+    OUT_FLUSH = 1 << 20        # bytes handed to the sink at a time
+
+cdef uint64_t OCTAL7 = 2097151          # the largest number a 7-digit octal field holds
+cdef int64_t OCTAL11 = 8589934591       # ... and an 11-digit one
+
+
+cdef class _TarWriter:
+    cdef object sink
+    cdef object exc
+    cdef Buf out
+    cdef Buf path
+    cdef Buf pax
+    cdef Buf xnames
+    cdef Buf xval
+    cdef Buf target
+    cdef Frame *stack
+    cdef size_t depth, stack_cap
+    cdef Link *links
+    cdef size_t nlinks, links_cap
+    cdef public uint64_t entries
+    cdef int ekind, eerrno
+    cdef Buf emsg
+    cdef Buf eop
+    cdef bint opaque, redirect
+
+    def __cinit__(self, sink):
+        self.sink = sink
+
+    def __dealloc__(self):
+        cdef size_t i
+        while self.depth:
+            self._pop()
+        free(self.stack)
+        for i in range(self.links_cap):
+            free(self.links[i].path)
+        free(self.links)
+        buf_free(&self.out)
+        buf_free(&self.path)
+        buf_free(&self.pax)
+        buf_free(&self.xnames)
+        buf_free(&self.xval)
+        buf_free(&self.target)
+        buf_free(&self.emsg)
+        buf_free(&self.eop)
+
+    cdef int _os(self, int err, const char *op) noexcept nogil:
+        self.ekind = E_OS
+        self.eerrno = err
+        buf_set(&self.eop, op, strlen(op))
+        return -1
+
+    cdef int _bad(self, const char *msg) noexcept nogil:
+        self.ekind = E_TAR
+        buf_set(&self.emsg, msg, strlen(msg))
+        return -1
+
+    cdef int _raise(self) except -1:
+        if self.exc is not None:
+            exc, self.exc = self.exc, None
+            raise exc
+        entry = self.path.p[:self.path.len].decode("utf-8", "surrogateescape") \
+            if self.path.p != NULL else None
+        if self.ekind == E_TAR:
+            raise UpperError(
+                f"{entry!r}: {self.emsg.p[:self.emsg.len].decode()}", entry)
+        e = OSError(self.eerrno, strerror(self.eerrno).decode(), entry)
+        e.add_note(f"while {self.eop.p[:self.eop.len].decode()} (writing the layer)")
+        raise e
+
+    cdef int _flush(self) noexcept nogil:
+        if self.out.len == 0:
+            return 0
+        with gil:
+            try:
+                self.sink(PyBytes_FromStringAndSize(self.out.p, self.out.len))
+            except BaseException as e:
+                self.exc = e
+                return -1
+        self.out.len = 0
+        return 0
+
+    cdef char *_room(self, size_t n) noexcept nogil:
+        """n bytes at the end of the output buffer (flushed first when full)."""
+        cdef char *p
+        if self.out.len + n > OUT_FLUSH and self.out.len and self._flush() < 0:
+            return NULL
+        if buf_reserve(&self.out, n):
+            self._os(errno.ENOMEM, "")
+            return NULL
+        p = self.out.p + self.out.len
+        self.out.len += n
+        return p
+
+    # -- headers ---------------------------------------------------------------
+
+    cdef void _pax_record(self, const char *key, const char *val, size_t vl) noexcept nogil:
+        cdef size_t kl = strlen(key)
+        cdef size_t base = kl + vl + 3, digits = 1, total
+        cdef size_t t
+        cdef char num[24]
+        t = base
+        while t >= 10:
+            digits += 1
+            t //= 10
+        total = base + digits
+        t = total
+        digits = 1
+        while t >= 10:
+            digits += 1
+            t //= 10
+        if base + digits != total:
+            total = base + digits
+        snprintf(num, sizeof(num), "%zu ", total)
+        buf_add(&self.pax, num, strlen(num))
+        buf_add(&self.pax, key, kl)
+        buf_add(&self.pax, "=", 1)
+        buf_add(&self.pax, val, vl)
+        buf_add(&self.pax, "\n", 1)
+
+    cdef int _block(self, char type, const char *name, size_t nl, const char *link, size_t ll,
+                    uint64_t mode, uint64_t uid, uint64_t gid, uint64_t size, int64_t mtime,
+                    unsigned int dmaj, unsigned int dmin) noexcept nogil:
+        """Write one ustar header block."""
+        cdef char *b = self._room(BLOCK)
+        cdef unsigned int sum = 0
+        cdef size_t i
+        if b == NULL:
+            return -1
+        memset(b, 0, BLOCK)
+        memcpy(b, name, nl if nl < 100 else 100)
+        snprintf(b + 100, 8, "%07llo", <unsigned long long>(mode & 0o7777))
+        snprintf(b + 108, 8, "%07llo", <unsigned long long>(uid if uid <= OCTAL7 else 0))
+        snprintf(b + 116, 8, "%07llo", <unsigned long long>(gid if gid <= OCTAL7 else 0))
+        snprintf(b + 124, 12, "%011llo", <unsigned long long>(size if size <= <uint64_t>OCTAL11 else 0))
+        snprintf(b + 136, 12, "%011llo", <unsigned long long>(
+            mtime if 0 <= mtime <= OCTAL11 else 0))
+        memset(b + 148, c' ', 8)
+        b[156] = type
+        if ll:
+            memcpy(b + 157, link, ll if ll < 100 else 100)
+        memcpy(b + 257, b"ustar\x0000", 8)
+        snprintf(b + 329, 8, "%07o", <unsigned int>(dmaj if dmaj <= OCTAL7 else 0))
+        snprintf(b + 337, 8, "%07o", <unsigned int>(dmin if dmin <= OCTAL7 else 0))
+        for i in range(<size_t>BLOCK):
+            sum += <unsigned char>b[i]
+        snprintf(b + 148, 8, "%06o", sum)
+        b[155] = c' '
+        return 0
+
+    cdef int _header(self, char type, const char *name, size_t nl, const char *link, size_t ll,
+                     c.stat *st, uint64_t size, bint xattrs) noexcept nogil:
+        """PAX extended header when needed (long names, big numbers, nanoseconds, xattrs), then the header."""
+        cdef char num[48]
+        cdef int64_t sec = st.st_mtim.tv_sec
+        cdef long nsec = st.st_mtim.tv_nsec
+        cdef size_t k, pl
+        cdef int n
+        cdef char *p
+        if not xattrs:
+            self.pax.len = 0
+        # records in key order: SCHILY.xattr.* (already in pax when xattrs), gid, linkpath,
+        # mtime, path, size, uid
+        if <uint64_t>st.st_gid > OCTAL7:
+            snprintf(num, sizeof(num), "%u", st.st_gid)
+            self._pax_record("gid", num, strlen(num))
+        if ll > 100:
+            self._pax_record("linkpath", link, ll)
+        if sec < 0:
+            sec, nsec = 0, 0
+        if nsec or sec > OCTAL11:
+            n = snprintf(num, sizeof(num), "%lld.%09ld", <long long>sec, nsec)
+            while num[n - 1] == c'0':
+                n -= 1
+            if num[n - 1] == c'.':
+                n -= 1
+            self._pax_record("mtime", num, <size_t>n)
+        if nl > 100:
+            self._pax_record("path", name, nl)
+        if size > <uint64_t>OCTAL11:
+            snprintf(num, sizeof(num), "%llu", <unsigned long long>size)
+            self._pax_record("size", num, strlen(num))
+        if <uint64_t>st.st_uid > OCTAL7:
+            snprintf(num, sizeof(num), "%u", st.st_uid)
+            self._pax_record("uid", num, strlen(num))
+        if self.pax.len:
+            pl = self.pax.len
+            if self._block(c'x', b"././@PaxHeader", 14, NULL, 0, 0, 0, 0, pl, 0, 0, 0) < 0:
+                return -1
+            if self._data(self.pax.p, pl) < 0:
+                return -1
+            self.pax.len = 0
+        self.entries += 1
+        return self._block(type, name, nl, link, ll, st.st_mode, st.st_uid, st.st_gid, size,
+                           sec, c.major(st.st_rdev), c.minor(st.st_rdev))
+
+    cdef int _data(self, const char *p, size_t n) noexcept nogil:
+        """Bytes plus zero padding to the block."""
+        cdef size_t padded = (n + BLOCK - 1) // BLOCK * BLOCK
+        cdef char *b = self._room(padded)
+        if b == NULL:
+            return -1
+        memcpy(b, p, n)
+        memset(b + n, 0, padded - n)
+        return 0
+
+    cdef int _file_data(self, int fd, uint64_t size) noexcept nogil:
+        """Read size bytes of fd straight into the output, then the padding."""
+        cdef uint64_t left = size
+        cdef size_t chunk, pad
+        cdef ssize_t r
+        cdef char *b
+        while left:
+            chunk = <size_t>(left if left < OUT_FLUSH else OUT_FLUSH)
+            b = self._room(chunk)
+            if b == NULL:
+                return -1
+            self.out.len -= chunk        # claimed only as far as read
+            while chunk:
+                r = c.c_read(fd, self.out.p + self.out.len, chunk)
+                if r < 0:
+                    if errno.errno == errno.EINTR:
+                        continue
+                    return self._os(errno.errno, "reading a file")
+                if r == 0:
+                    return self._bad("the file shrank while the layer was written")
+                self.out.len += <size_t>r
+                chunk -= <size_t>r
+                left -= <uint64_t>r
+        pad = (BLOCK - size % BLOCK) % BLOCK
+        if pad:
+            b = self._room(pad)
+            if b == NULL:
+                return -1
+            memset(b, 0, pad)
+        return 0
+
+    # -- xattrs ----------------------------------------------------------------
+
+    cdef int _xattrs(self, int fd, const char *lpath) noexcept nogil:
+        """Collect the entry's xattrs as sorted SCHILY.xattr.* records in self.pax.
+
+        Sets self.opaque; overlayfs' private trusted.overlay.* are dropped, and
+        redirect/metacopy ones are refused (the upper then is not a plain layer).
+        """
+        cdef ssize_t n, v
+        cdef size_t i, cnt = 0
+        cdef char **names
+        cdef char *s
+        cdef char key[300]
+        self.pax.len = 0
+        self.opaque = False
+        while True:
+            n = c.flistxattr(fd, NULL, 0) if fd >= 0 else c.llistxattr(lpath, NULL, 0)
+            if n < 0:
+                if errno.errno == errno.EOPNOTSUPP:
+                    return 0
+                return self._os(errno.errno, "listing xattrs")
+            if n == 0:
+                return 0
+            self.xnames.len = 0
+            if buf_reserve(&self.xnames, <size_t>n):
+                return self._os(errno.ENOMEM, "")
+            n = c.flistxattr(fd, self.xnames.p, <size_t>n) if fd >= 0 else \
+                c.llistxattr(lpath, self.xnames.p, <size_t>n)
+            if n >= 0:
+                break
+            if errno.errno != errno.ERANGE:
+                return self._os(errno.errno, "listing xattrs")
+        self.xnames.len = <size_t>n
+        i = 0
+        while i < <size_t>n:
+            cnt += 1
+            i += strlen(self.xnames.p + i) + 1
+        names = <char **>malloc(sizeof(char *) * cnt)
+        if names == NULL:
+            return self._os(errno.ENOMEM, "")
+        i = 0
+        cnt = 0
+        while i < <size_t>n:
+            names[cnt] = self.xnames.p + i
+            cnt += 1
+            i += strlen(self.xnames.p + i) + 1
+        qsort(names, cnt, sizeof(char *), cmp_names)
+        for i in range(cnt):
+            s = names[i]
+            if strncmp(s, "trusted.overlay.", 16) == 0:
+                if strcmp(s + 16, "redirect") == 0 or strcmp(s + 16, "metacopy") == 0:
+                    free(names)
+                    return self._bad("overlayfs wrote a redirect_dir or metacopy xattr here: "
+                                     "the upper directory is not a plain layer")
+                if strcmp(s + 16, "opaque") == 0:
+                    v = c.fgetxattr(fd, s, key, 2) if fd >= 0 else c.lgetxattr(lpath, s, key, 2)
+                    self.opaque = v == 1 and key[0] == c'y'
+                continue
+            while True:
+                v = c.fgetxattr(fd, s, NULL, 0) if fd >= 0 else c.lgetxattr(lpath, s, NULL, 0)
+                if v < 0:
+                    break
+                self.xval.len = 0
+                if buf_reserve(&self.xval, <size_t>v):
+                    free(names)
+                    return self._os(errno.ENOMEM, "")
+                v = c.fgetxattr(fd, s, self.xval.p, <size_t>v) if fd >= 0 else \
+                    c.lgetxattr(lpath, s, self.xval.p, <size_t>v)
+                if v >= 0 or errno.errno != errno.ERANGE:
+                    break
+            if v < 0:
+                if errno.errno == errno.ENODATA:
+                    continue
+                free(names)
+                return self._os(errno.errno, "reading an xattr")
+            snprintf(key, sizeof(key), "SCHILY.xattr.%s", s)
+            self._pax_record(key, self.xval.p, <size_t>v)
+        free(names)
+        return 0
+
+    # -- hard links ------------------------------------------------------------
+
+    cdef int _link_of(self, c.stat *st, const char **found) noexcept nogil:
+        """The first path of this inode, or record this path as it; found NULL if new."""
+        cdef size_t i, cap, j
+        cdef Link *old
+        cdef Link *nl
+        found[0] = NULL
+        if self.nlinks * 2 >= self.links_cap:
+            cap = self.links_cap * 2 if self.links_cap else 1024
+            nl = <Link *>malloc(sizeof(Link) * cap)
+            if nl == NULL:
+                return self._os(errno.ENOMEM, "")
+            memset(nl, 0, sizeof(Link) * cap)
+            old = self.links
+            for i in range(self.links_cap):
+                if old[i].path != NULL:
+                    j = (old[i].ino * 11400714819323198485ULL ^ old[i].dev) & (cap - 1)
+                    while nl[j].path != NULL:
+                        j = (j + 1) & (cap - 1)
+                    nl[j] = old[i]
+            free(old)
+            self.links = nl
+            self.links_cap = cap
+        j = (st.st_ino * 11400714819323198485ULL ^ st.st_dev) & (self.links_cap - 1)
+        while self.links[j].path != NULL:
+            if self.links[j].ino == st.st_ino and self.links[j].dev == st.st_dev:
+                found[0] = self.links[j].path
+                return 0
+            j = (j + 1) & (self.links_cap - 1)
+        self.links[j].path = <char *>malloc(self.path.len + 1)
+        if self.links[j].path == NULL:
+            return self._os(errno.ENOMEM, "")
+        memcpy(self.links[j].path, self.path.p, self.path.len + 1)
+        self.links[j].dev = st.st_dev
+        self.links[j].ino = st.st_ino
+        self.nlinks += 1
+        return 0
+
+    # -- the walk --------------------------------------------------------------
+
+    cdef void _pop(self) noexcept nogil:
+        cdef Frame *f = &self.stack[self.depth - 1]
+        c.close(f.fd)
+        buf_free(&f.arena)
+        free(f.names)
+        self.depth -= 1
+
+    cdef int _push(self, int fd) noexcept nogil:
+        """A frame for the directory fd (owned from now on) with its names sorted."""
+        cdef Frame *f
+        cdef Frame *ns
+        cdef size_t cap, i, cnt
+        cdef ssize_t n, off
+        cdef c.snap_dirent64 *d
+        cdef char buf[GETDENTS_BUF]
+        if self.depth == self.stack_cap:
+            cap = self.stack_cap * 2 if self.stack_cap else 64
+            ns = <Frame *>realloc(self.stack, sizeof(Frame) * cap)
+            if ns == NULL:
+                c.close(fd)
+                return self._os(errno.ENOMEM, "")
+            self.stack = ns
+            self.stack_cap = cap
+        f = &self.stack[self.depth]
+        memset(f, 0, sizeof(Frame))
+        f.fd = fd
+        f.pathlen = self.path.len
+        self.depth += 1
+        cnt = 0
+        while True:
+            n = c.snap_getdents64(fd, buf, GETDENTS_BUF)
+            if n < 0:
+                return self._os(errno.errno, "reading a directory")
+            if n == 0:
+                break
+            off = 0
+            while off < n:
+                d = <c.snap_dirent64 *>(buf + off)
+                off += d.d_reclen
+                if d.d_name[0] == c'.' and (d.d_name[1] == 0 or (d.d_name[1] == c'.' and d.d_name[2] == 0)):
+                    continue
+                if buf_add(&f.arena, d.d_name, strlen(d.d_name) + 1):
+                    return self._os(errno.ENOMEM, "")
+                cnt += 1
+        f.names = <char **>malloc(sizeof(char *) * (cnt + 1))
+        if f.names == NULL:
+            return self._os(errno.ENOMEM, "")
+        i = 0
+        off = 0
+        while i < cnt:
+            f.names[i] = f.arena.p + off
+            off += <ssize_t>strlen(f.arena.p + off) + 1
+            i += 1
+        qsort(f.names, cnt, sizeof(char *), cmp_names)
+        f.n = cnt
+        return 0
+
+    cdef int _walk(self, int root) noexcept nogil:
+        cdef Frame *f
+        cdef char *name
+        cdef c.stat st
+        cdef int fd, dfd
+        cdef ssize_t ln
+        cdef const char *first
+        cdef char lpath[4200]
+        cdef size_t nl
+        fd = c.openat(root, ".", DIR_FLAGS)
+        if fd < 0:
+            return self._os(errno.errno, "opening the upper directory")
+        self.path.len = 0
+        if buf_reserve(&self.path, 0):
+            c.close(fd)
+            return self._os(errno.ENOMEM, "")
+        self.path.p[0] = 0
+        if self._push(fd) < 0:
+            return -1
+        while self.depth:
+            f = &self.stack[self.depth - 1]
+            if f.i == f.n:
+                self._pop()
+                continue
+            name = f.names[f.i]
+            f.i += 1
+            dfd = f.fd
+            self.path.len = f.pathlen
+            if c.fstatat(dfd, name, &st, NOFOLLOW) < 0:
+                buf_add(&self.path, name, strlen(name))
+                if errno.errno == errno.ENOENT:
+                    return self._bad("removed while the layer was written")
+                return self._os(errno.errno, "stat")
+            if c.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                buf_add(&self.path, ".wh.", 4)
+                buf_add(&self.path, name, strlen(name))
+                if self._header(c'0', self.path.p, self.path.len, NULL, 0, &st, 0, False) < 0:
+                    return -1
+                continue
+            buf_add(&self.path, name, strlen(name))
+            if c.S_ISDIR(st.st_mode):
+                fd = c.openat(dfd, name, DIR_FLAGS | c.O_NOFOLLOW)
+                if fd < 0:
+                    return self._os(errno.errno, "opening a directory")
+                if self._xattrs(fd, NULL) < 0:
+                    c.close(fd)
+                    return -1
+                buf_add(&self.path, "/", 1)
+                if self._header(c'5', self.path.p, self.path.len, NULL, 0, &st, 0, True) < 0:
+                    c.close(fd)
+                    return -1
+                if self.opaque:
+                    nl = self.path.len
+                    buf_add(&self.path, ".wh..wh..opq", 12)
+                    if self._header(c'0', self.path.p, self.path.len, NULL, 0, &st, 0, False) < 0:
+                        c.close(fd)
+                        return -1
+                    self.path.len = nl
+                    self.path.p[nl] = 0
+                if self._push(fd) < 0:
+                    return -1
+                continue
+            if c.S_ISREG(st.st_mode):
+                if st.st_nlink > 1:
+                    if self._link_of(&st, &first) < 0:
+                        return -1
+                    if first != NULL:
+                        if self._header(c'1', self.path.p, self.path.len, first, strlen(first),
+                                        &st, 0, False) < 0:
+                            return -1
+                        continue
+                fd = c.openat(dfd, name, c.O_RDONLY | c.O_NOFOLLOW | c.O_CLOEXEC | c.O_NOATIME)
+                if fd < 0 and errno.errno == errno.EPERM:
+                    fd = c.openat(dfd, name, c.O_RDONLY | c.O_NOFOLLOW | c.O_CLOEXEC)
+                if fd < 0:
+                    return self._os(errno.errno, "opening a file")
+                if self._xattrs(fd, NULL) < 0 or \
+                        self._header(c'0', self.path.p, self.path.len, NULL, 0, &st,
+                                     <uint64_t>st.st_size, True) < 0 or \
+                        self._file_data(fd, <uint64_t>st.st_size) < 0:
+                    c.close(fd)
+                    return -1
+                c.close(fd)
+                continue
+            if c.S_ISSOCK(st.st_mode):
+                continue                 # tar has no sockets (neither has containerd's diff)
+            snprintf(lpath, sizeof(lpath), "/proc/self/fd/%d/%s", dfd, name)
+            if self._xattrs(-1, lpath) < 0:
+                return -1
+            if c.S_ISLNK(st.st_mode):
+                self.target.len = 0
+                if buf_reserve(&self.target, 4096):
+                    return self._os(errno.ENOMEM, "")
+                ln = c.readlinkat(dfd, name, self.target.p, 4096)
+                if ln < 0:
+                    return self._os(errno.errno, "reading a symlink")
+                self.target.len = <size_t>ln
+                self.target.p[ln] = 0
+                if self._header(c'2', self.path.p, self.path.len, self.target.p, self.target.len,
+                                &st, 0, True) < 0:
+                    return -1
+            elif c.S_ISCHR(st.st_mode) or c.S_ISBLK(st.st_mode) or c.S_ISFIFO(st.st_mode):
+                if self._header(c'3' if c.S_ISCHR(st.st_mode) else c'4' if c.S_ISBLK(st.st_mode)
+                                else c'6', self.path.p, self.path.len, NULL, 0, &st, 0, True) < 0:
+                    return -1
+        self.path.len = 0
+        if self._room(2 * BLOCK) == NULL:
+            return -1
+        memset(self.out.p + self.out.len - 2 * BLOCK, 0, 2 * BLOCK)
+        return self._flush()
+
+
+def write_tar(int root_fd, sink):
+    """Write the directory root_fd as a layer tar, in 1 MiB pieces handed to sink(bytes).
+
+    Overlay's native diff: one sorted walk (names compared as bytes, a
+    directory before its contents); character devices 0/0 become ``.wh.NAME``,
+    ``trusted.overlay.opaque=y`` a ``.wh..wh..opq`` entry after its directory;
+    other ``trusted.overlay.*`` xattrs are dropped; hard links inside the tree
+    are tar hard links to the first path. ustar headers with numeric owners,
+    PAX records only where needed (names over 100 bytes, big numbers, mtime
+    nanoseconds when not zero, xattrs). Returns the number of entries.
+    Raises UpperError (redirect_dir/metacopy xattrs, a tree changed meanwhile),
+    OSError, or what sink raised.
+    """
+    cdef _TarWriter w = _TarWriter(sink)
+    cdef int rc
+    with nogil:
+        rc = w._walk(root_fd)
+    if rc < 0:
+        w._raise()
+    return w.entries
