@@ -521,3 +521,47 @@ def test_cli_apply_and_diff(sn, tmp_path: Path, capsys) -> None:
     )
     assert normalised((tmp_path / "out.tar").read_bytes())[0][0] == "a"
     assert main(["--root", root, "apply", "nope", str(tmp_path / "l.tar")]) == 3
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--format=gnu"],
+        ["--format=posix"],
+        ["--format=posix", "--sparse-version=0.1"],
+        ["--format=posix", "--sparse-version=0.0"],
+    ],
+)
+def test_gnu_sparse_files(sn, tmp_path: Path, flags) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "holes", "wb") as f:
+        f.seek(1 << 20)
+        f.write(b"middle")
+        f.seek(5 << 20)
+        f.write(b"end")
+        f.truncate(8 << 20)
+    with open(src / "allhole", "wb") as f:
+        f.truncate(3 << 20)
+    (src / "plain").write_bytes(b"after the sparse ones")
+    subprocess.run(
+        [
+            "tar",
+            "--sparse",
+            *flags,
+            "-cf",
+            str(tmp_path / "s.tar"),
+            "-C",
+            str(src),
+            "holes",
+            "allhole",
+            "plain",
+        ],
+        check=True,
+    )
+    sn.prepare("k")
+    sn.apply("k", tmp_path / "s.tar")
+    u = upper(sn, "k")
+    for name in ("holes", "allhole", "plain"):
+        assert (u / name).read_bytes() == (src / name).read_bytes()
+    assert os.stat(u / "holes").st_blocks * 512 < 1 << 20  # the holes stayed holes
