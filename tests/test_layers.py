@@ -565,3 +565,18 @@ def test_gnu_sparse_files(sn, tmp_path: Path, flags) -> None:
     for name in ("holes", "allhole", "plain"):
         assert (u / name).read_bytes() == (src / name).read_bytes()
     assert os.stat(u / "holes").st_blocks * 512 < 1 << 20  # the holes stayed holes
+
+
+def test_kernel_refusal_of_the_opaque_xattr_is_explained(public_tmp: Path) -> None:
+    """Without CAP_SYS_ADMIN (a user namespace, Docker in Docker) trusted.* is refused."""
+    from pysnap.archive.apply import apply_stream
+
+    from .privileges import as_nobody
+
+    target = public_tmp / "upper"
+    target.mkdir()
+    os.chown(target, 65534, 65534)
+    blob = tar(dir_("d", uid=65534, gid=65534), opaque("d"))
+    with pytest.raises(PermissionError) as e:
+        as_nobody(lambda: apply_stream(str(target), [], io.BytesIO(blob)))
+    assert "user namespace" in "".join(e.value.__notes__)
