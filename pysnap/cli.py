@@ -25,7 +25,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import SnapshotError
-from .types import Info, Kind, Mount, Usage
+from .mounts import Mount
+from .types import Info, Kind, Usage
 
 if TYPE_CHECKING:
     from .overlay import OverlaySnapshotter
