@@ -1,4 +1,4 @@
-"""The value types of the public API: Kind, Info, Usage (Mount lives in pysnap.mounts).
+"""The value types of the public API: Kind, Info, Usage, and Mount (defined in pysnap.mounts).
 
 Info and Usage are tuple subclasses: immutable, and built from a decoded
 record with one ``tuple.__new__`` call, which keeps stat() cheap. Datetimes are
@@ -12,6 +12,10 @@ import enum
 from collections.abc import Mapping
 from operator import itemgetter
 from typing import Any
+
+# Mount lives with the mounting code, which needs nothing from this module
+# (no import cycle); it is re-exported here, where callers long found it.
+from .mounts import Mount as Mount
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
