@@ -189,12 +189,24 @@ def render(layers: OverlayLayers, path: Callable[[str], str] = str) -> str:
     if layers.upper is not None:
         parts.append("upperdir=" + escape(path(layers.upper)))
     if layers.lowers or layers.datas:
-        lower = ":".join([escape(path(p)) for p in layers.lowers])
+        lower = _join(":", [path(p) for p in layers.lowers])
         if layers.datas:
-            lower += "::" + "::".join([escape(path(p)) for p in layers.datas])
+            lower += "::" + _join("::", [path(p) for p in layers.datas])
         parts.append("lowerdir=" + lower)
     parts.extend(layers.rest)
     return ",".join(parts)
+
+
+def _join(sep: str, paths: list[str]) -> str:
+    joined = sep.join(paths)
+    # The usual case, checked in C over the whole string: no path needs an escape.
+    if (
+        "\\" not in joined
+        and "," not in joined
+        and joined.count(":") == len(sep) * (len(paths) - 1)
+    ):
+        return joined
+    return sep.join([escape(p) for p in paths])
 
 
 def check_layers(layers: OverlayLayers, resolve: Callable[[str], str] = os.path.abspath) -> None:
@@ -207,24 +219,39 @@ def check_layers(layers: OverlayLayers, resolve: Callable[[str], str] = os.path.
     Raises:
         InvalidArgumentError: naming both directories and their roles.
     """
-    roles = [(f"lowerdir #{i}", p) for i, p in enumerate(layers.lowers, 1)]
-    roles += [(f"datadir #{i}", p) for i, p in enumerate(layers.datas, 1)]
-    roles += [(r, p) for r, p in (("upperdir", layers.upper), ("workdir", layers.work)) if p]
-    keyed = []
-    for role, p in roles:
-        key = resolve(p)
-        keyed.append((key if key.endswith("/") else key + "/", role, p))
+    paths = [*layers.lowers, *layers.datas]
+    paths += [p for p in (layers.upper, layers.work) if p]
+    keys = []
+    for p in paths:
+        # an absolute path with no "." or ".." part and no "//" is normal
+        # already: abspath would return it (a 500-layer mount makes 500 calls)
+        plain = resolve is os.path.abspath and p[:1] == "/" and "/." not in p and "//" not in p
+        key = p if plain else resolve(p)
+        keys.append(key if key.endswith("/") else key + "/")
     # Sorted, a directory sits right before the first path inside it (or
     # equal to it): comparing neighbours finds any nesting.
-    keyed.sort()
-    for (outer, outer_role, outer_path), (inner, inner_role, inner_path) in pairwise(keyed):
-        if not inner.startswith(outer):
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    for outer, inner in pairwise(order):
+        if not keys[inner].startswith(keys[outer]):
             continue
-        if inner == outer:
-            what = f"{outer_role} {outer_path!r} and {inner_role} {inner_path!r} are one directory"
+        if keys[inner] == keys[outer]:
+            outer, inner = sorted((outer, inner))
+            what = f"{_role(layers, outer)} and {_role(layers, inner)} are one directory"
         else:
-            what = f"{inner_role} {inner_path!r} is inside {outer_role} {outer_path!r}"
+            what = f"{_role(layers, inner)} is inside {_role(layers, outer)}"
         raise InvalidArgumentError(
             f"overlay layers overlap: {what}; overlayfs refuses that (ELOOP, "
             "'too many levels of symbolic links')"
         )
+
+
+def _role(layers: OverlayLayers, index: int) -> str:
+    """``lowerdir #2 '/path'``: the index-th path of check_layers, named."""
+    n, m = len(layers.lowers), len(layers.datas)
+    if index < n:
+        return f"lowerdir #{index + 1} {layers.lowers[index]!r}"
+    if index < n + m:
+        return f"datadir #{index - n + 1} {layers.datas[index - n]!r}"
+    rest = [(r, p) for r, p in (("upperdir", layers.upper), ("workdir", layers.work)) if p]
+    role, path = rest[index - n - m]
+    return f"{role} {path!r}"
