@@ -7,8 +7,9 @@ Options are parsed as containerd and mount(8) do: the words in ``_FLAGS``
 become ``MS_*`` flags, the propagation words (``private``, ``rshared``...) are
 applied afterwards by separate mount(2) calls, as mount(8) does, and every
 other option is filesystem data, joined with commas. Overlay data is read and
-written back by :mod:`pysnap.overlayopts` (the one model of overlay options),
-which also refuses overlapping layers before the kernel answers them ELOOP.
+written back by :mod:`pysnap.overlayopts` (the one model of overlay options);
+when the kernel refuses an overlay with ELOOP, overlapping layers are looked
+for there and named in an :class:`~pysnap.errors.InvalidArgumentError`.
 
 A target is resolved as mount(8) and containerd's ``mount.All`` resolve it,
 whichever path below is taken: a symlink is followed, and an overlay needs a
@@ -264,8 +265,10 @@ def mount_one(m: Mount, target: StrPath) -> None:
     Raises:
         OSError: from the kernel, with errno, filename=source (or the layer
             that failed) and filename2=target.
-        InvalidArgumentError: overlay data that fits no page on a kernel
-            without the new mount API; data longer than a page for other types.
+        InvalidArgumentError: overlay layers that overlap (one listed twice,
+            or inside another, the upperdir or the workdir: both are named);
+            overlay data that fits no page on a kernel without the new mount
+            API; data longer than a page for other types.
     """
     opts = parse_options(m.options)
     try:
@@ -329,7 +332,6 @@ def _mount_plain(m: Mount, target: StrPath, opts: ParsedOptions) -> None:
 
 def _mount_overlay(m: Mount, target: StrPath, opts: ParsedOptions) -> None:
     layers = overlayopts.parse(opts.data)
-    overlayopts.check_layers(layers)
     data = overlayopts.render(layers)
     method = overlay_method()
     fits = len(os.fsencode(data)) < PAGE_SIZE
@@ -342,8 +344,8 @@ def _mount_overlay(m: Mount, target: StrPath, opts: ParsedOptions) -> None:
             _mount_overlay_relative(m, target, opts, layers)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            # overlapping layers behind symlinks, which abspath did not see
-            overlayopts.check_layers(layers, resolve=os.path.realpath)
+            # overlayfs's answer to overlapping layers, which names none of them
+            overlayopts.check_layers(layers)
         n = len(layers.lowers)
         if e.errno == errno.EINVAL and n > OVERLAY_MAX_LAYERS:
             limit = f"overlay takes at most {OVERLAY_MAX_LAYERS} lower layers"

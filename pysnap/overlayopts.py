@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 
 from . import kernel
 from .errors import InvalidArgumentError
@@ -209,40 +208,43 @@ def _join(sep: str, paths: list[str]) -> str:
     return sep.join([escape(p) for p in paths])
 
 
-def check_layers(layers: OverlayLayers, resolve: Callable[[str], str] = os.path.abspath) -> None:
-    """Refuse a directory listed twice, or one inside another, among all the layers.
+def check_layers(layers: OverlayLayers) -> None:
+    """Refuse a lower (or data-only) layer listed twice, or inside another lower,
+    the upperdir or the workdir: the layers overlayfs refuses with ELOOP and
+    no name (moby #46498; fs/overlayfs/super.c ``ovl_check_overlapping_layers``).
 
-    overlayfs refuses such layers with ELOOP and no name (moby #46498).
-    ``resolve`` normalises each path first: ``os.path.abspath`` costs no
-    system call; ``os.path.realpath`` also sees through symlinks.
+    An upper or work directory inside a lower is fine for the kernel, and so
+    here. pysnap runs this when the kernel says ELOOP, so a mount that works
+    pays nothing. Paths are compared resolved (``os.path.realpath``): a
+    symlinked alias of a layer is found too.
 
     Raises:
         InvalidArgumentError: naming both directories and their roles.
     """
     paths = [*layers.lowers, *layers.datas]
+    n_lower = len(paths)
     paths += [p for p in (layers.upper, layers.work) if p]
-    keys = []
-    for p in paths:
-        # an absolute path with no "." or ".." part and no "//" is normal
-        # already: abspath would return it (a 500-layer mount makes 500 calls)
-        plain = resolve is os.path.abspath and p[:1] == "/" and "/." not in p and "//" not in p
-        key = p if plain else resolve(p)
-        keys.append(key if key.endswith("/") else key + "/")
-    # Sorted, a directory sits right before the first path inside it (or
-    # equal to it): comparing neighbours finds any nesting.
-    order = sorted(range(len(keys)), key=keys.__getitem__)
-    for outer, inner in pairwise(order):
-        if not keys[inner].startswith(keys[outer]):
-            continue
-        if keys[inner] == keys[outer]:
-            outer, inner = sorted((outer, inner))
-            what = f"{_role(layers, outer)} and {_role(layers, inner)} are one directory"
-        else:
-            what = f"{_role(layers, inner)} is inside {_role(layers, outer)}"
-        raise InvalidArgumentError(
-            f"overlay layers overlap: {what}; overlayfs refuses that (ELOOP, "
-            "'too many levels of symbolic links')"
-        )
+    where: dict[str, list[int]] = {}
+    keys = [os.path.realpath(p) for p in paths]
+    for i, key in enumerate(keys):
+        where.setdefault(key, []).append(i)
+    for i in range(n_lower):
+        twins = [j for j in where[keys[i]] if j != i]
+        if twins:
+            what = f"{_role(layers, i)} and {_role(layers, twins[0])} are one directory"
+            break
+        parent, key = os.path.dirname(keys[i]), keys[i]
+        while parent != key and parent not in where:
+            parent, key = os.path.dirname(parent), parent
+        if parent != key:
+            what = f"{_role(layers, i)} is inside {_role(layers, where[parent][0])}"
+            break
+    else:
+        return
+    raise InvalidArgumentError(
+        f"overlay layers overlap: {what}; overlayfs refuses that (ELOOP, "
+        "'too many levels of symbolic links')"
+    )
 
 
 def _role(layers: OverlayLayers, index: int) -> str:

@@ -551,3 +551,12 @@ def test_target_that_is_not_a_directory(
     assert (exc.value.filename, os.fspath(exc.value.filename2)) == ("overlay", str(tgt))
     assert not mounts_under(tmp_path)
     assert file.read_text() == "keep"
+
+
+def test_kernel_probes_match_the_running_kernel() -> None:
+    from pysnap import kernel
+
+    release = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
+    assert kernel.has_new_mount_api() == (release >= (5, 2))
+    assert kernel.overlay_takes_lowerdir_fd() == (release >= (6, 8))
+    assert kernel.overlay_has_index() == (release >= (4, 13))
