@@ -338,22 +338,26 @@ def _compile_selector(sel: Selector) -> Predicate:
     search = compile_regexp(want)
     if search is None:
         return _never
-    return lambda info: search(get(info) or "") is not None
+    return lambda info: search(get(info) or "")
 
 
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # a bad pattern is an answer ("no match"), not a log line
 
 
-def compile_regexp(pattern: str) -> Callable[[str], object] | None:
-    """The ``search`` of ``pattern`` compiled as Go's regexp would, or None when
-    Go's ``regexp.Compile`` would fail (containerd: the selector matches nothing)."""
+def compile_regexp(pattern: str) -> Callable[[str], bool] | None:
+    """Whether a str holds a match of ``pattern``, compiled as Go's regexp would;
+    None when Go's ``regexp.Compile`` fails (containerd: the selector matches nothing)."""
     if _has_any_byte(pattern):
         return None
     try:
-        return re2.compile(pattern, _RE2_OPTIONS).search  # type: ignore[no-any-return]
+        # As bytes: the wrapper's str path maps every offset back to
+        # characters, 8x the cost of the search (11 us against 1.4 us).
+        search = re2.compile(pattern.encode(), _RE2_OPTIONS).search
     except (re2.error, UnicodeEncodeError):  # RE2's error; a lone surrogate is not UTF-8
         return None
+    # surrogateescape: bytes that are not UTF-8 go back as they came, as in a Go string
+    return lambda text: search(text.encode("utf-8", "surrogateescape")) is not None
 
 
 def _has_any_byte(pattern: str) -> bool:
