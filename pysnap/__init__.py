@@ -2,9 +2,9 @@
 
 from . import errors
 from .archive import Layer
-from .mounts import mount_all, mounted, unmount, unmount_all
+from .mounts import Mount, mount_all, mounted, unmount, unmount_all
 from .overlay import OverlaySnapshotter
-from .types import Info, Kind, Mount, Usage
+from .types import Info, Kind, Usage
 
 __all__ = [
     "Info",
