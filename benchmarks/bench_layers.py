@@ -11,8 +11,9 @@ Layers are built once and cached under PYSNAP_BENCH_LAYERS (default
 * busybox: /usr/bin/busybox and a symlink per applet, as a busybox image layer.
 
 Each is applied into a fresh empty directory on tmpfs (/dev/shm) and on the
-root disk (/var/tmp; the compressed layers on tmpfs only), by pysnap (``pysnap.archive.apply.apply_stream``, the
-whole pipeline: read, hash, decompress, apply), GNU ``tar -x`` (``-I igzip``
+root disk (/var/tmp; the compressed layers on tmpfs only), by pysnap
+(``pysnap.archive.apply.apply_stream``, the whole pipeline: read, hash,
+decompress, apply), GNU ``tar -x`` (``-I igzip``
 when igzip is installed, ``-z``, ``--zstd``), Python's tarfile (usr-share on
 tmpfs, uncompressed only: it takes about 20 s), and decompression alone
 (pysnap's reader, no apply). The diff group writes the usr-share tree and a
