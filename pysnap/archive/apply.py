@@ -131,7 +131,8 @@ def apply_stream(
                     yield piece
 
             ended = False
-            with Producer(pieces()) as stream:
+            own_file = isinstance(layer, str | os.PathLike)  # reads of it always end
+            with Producer(pieces(), join_timeout=None if own_file else 1.0) as stream:
                 for piece in stream:
                     if not ended:
                         ended = applier.feed(piece)
