@@ -30,7 +30,9 @@ load; ratios measured in one run are what to compare.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import re
 import shutil
 import subprocess
@@ -57,11 +59,33 @@ ENTRIES: dict[str, int] = {}
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="layers need root")
 
 
-def _record(group: str, impl: str, value: float) -> None:
+def _record(group: str, impl: str, value: float, cpu: float | None = None) -> None:
     """Keep a figure for the summary, and log it at once (a long run may be cut short)."""
     MEDIANS[(group, impl)] = value
     with open(CACHE / "layers-results.log", "a") as f:
-        f.write(f"{group}\t{impl}\t{value:.4f}\n")
+        f.write(f"{group}\t{impl}\t{value:.4f}" + (f"\tcpu {cpu:.3f}" if cpu else "") + "\n")
+
+
+@contextlib.contextmanager
+def _cpu_time() -> Iterator[list[float]]:
+    """User+system seconds of this process (all threads) and its children meanwhile.
+
+    On a shared machine wall times follow the load; CPU time is the steadier figure.
+    """
+    out = [0.0]
+
+    def now() -> float:
+        s, c = (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
+        return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+    start = now()
+    try:
+        yield out
+    finally:
+        out[0] = now() - start
 
 
 # ---- layers, built once and cached -------------------------------------------------
@@ -228,8 +252,10 @@ def test_apply(
         target[:] = [fresh(fs)]
 
     rounds = 1 if impl == "tarfile" and layer == "usr-share" else ROUNDS[layer]
-    benchmark.pedantic(lambda: run(layers[layer], target[0]), setup=setup, rounds=rounds)
-    _record(benchmark.group, impl, median(benchmark))
+    with _cpu_time() as cpu:
+        benchmark.pedantic(lambda: run(layers[layer], target[0]), setup=setup, rounds=rounds)
+    benchmark.extra_info["cpu_s_per_round"] = cpu[0] / rounds
+    _record(benchmark.group, impl, median(benchmark), cpu[0] / rounds)
 
 
 # ---- diff ----------------------------------------------------------------------------
@@ -298,15 +324,14 @@ DIFF: dict[str, Callable[[Path, Path], Any]] = {
 def test_diff(benchmark: Any, usr_share_snapshots: dict[str, Path], tree: str, impl: str) -> None:
     benchmark.group = f"diff {tree} on tmpfs"
     out = FILESYSTEMS["tmpfs"] / f"pysnap-bench-diff-{os.getpid()}.tar"
+    rounds = BIG_ROUNDS if tree == "usr-share" else 30
     try:
-        benchmark.pedantic(
-            DIFF[impl],
-            args=(usr_share_snapshots[tree], out),
-            rounds=BIG_ROUNDS if tree == "usr-share" else 30,
-        )
+        with _cpu_time() as cpu:
+            benchmark.pedantic(DIFF[impl], args=(usr_share_snapshots[tree], out), rounds=rounds)
     finally:
         out.unlink(missing_ok=True)
-    _record(benchmark.group, impl, median(benchmark))
+    benchmark.extra_info["cpu_s_per_round"] = cpu[0] / rounds
+    _record(benchmark.group, impl, median(benchmark), cpu[0] / rounds)
 
 
 # ---- syscalls and memory ----------------------------------------------------------
