@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import re
+import resource
 import shutil
 import subprocess
 import sys
