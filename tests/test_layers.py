@@ -225,6 +225,9 @@ def test_states(sn) -> None:
     sn.prepare("k")
     sn.apply("k", io.BytesIO(tar(file("a"))))
     sn.commit("c", "k")
+    assert sn.diff("c", io.BytesIO(), compression=None).entries == 1  # a committed layer
+    with pytest.raises(NotFoundError):
+        sn.diff("nope", io.BytesIO())
     with pytest.raises(FailedPreconditionError, match="not active"):
         sn.apply("c", io.BytesIO(tar()))
     sn.view("v", "c")
