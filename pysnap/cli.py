@@ -2,16 +2,17 @@
 
 Data goes to stdout (a table, or one JSON document with ``--json``); errors go
 to stderr (as JSON under ``--json``). Exit codes (borg's scheme): 0 ok,
-1 unexpected, 2 usage, 3-6 the error kinds of :mod:`pysnap.errors`
-(not found, already exists, failed precondition, invalid argument), 7 an
-``OSError``, 130 interrupted (Ctrl-C), 141 stdout closed early (SIGPIPE).
+1 unexpected, 2 usage, 3-12 the error kinds of :mod:`pysnap.errors` (its
+table, read through ``errors.kind_of``: 3 not found, 4 already exists,
+5 failed precondition, 6 invalid argument, 7 an ``OSError``, 8 closed,
+9 corrupt store, 10 map full, 12 unimplemented), 130 interrupted (Ctrl-C),
+141 stdout closed early (SIGPIPE).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import os
 import shlex
@@ -24,14 +25,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 from . import __version__
-from .errors import SnapshotError
+from .errors import SnapshotError, kind_of
 from .types import Info, Kind, Mount, Usage
 
 if TYPE_CHECKING:
     from .overlay import OverlaySnapshotter
 
 DEFAULT_ROOT = "/var/lib/pysnap"
-EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_OSERROR = 0, 1, 2, 7
+EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED, EXIT_PIPE = 130, 141
 
 # Progress redraws at most this often (seconds): enough to look alive, few
@@ -178,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pysnap",
         description="Manage overlay snapshots: containerd's snapshotter model, from the shell.",
         epilog="Exit codes: 0 ok, 1 unexpected, 2 usage, 3 not found, 4 already exists, "
-        "5 failed precondition, 6 invalid argument, 7 OS error, 130 interrupted.",
+        "5 failed precondition, 6 invalid argument, 7 OS error, 8 closed, 9 corrupt store, "
+        "10 map full, 12 unimplemented, 130 interrupted.",
     )
     parser.add_argument(
         "--root",
@@ -337,12 +339,10 @@ def cmd_rm(args: argparse.Namespace) -> int:
             try:
                 sn.remove(key)
                 removed.append(key)
-            except SnapshotError as e:
-                failed = _fail(args, e.code, f"{args.command}: {e}", e.exit_code)
+            except (SnapshotError, OSError) as e:
+                kind = kind_of(e)
+                failed = _fail(args, kind.code, f"{args.command}: {e}", kind.exit_code)
                 code = code or failed  # every failure reported; the first one's code
-            except OSError as e:
-                failed = _fail(args, _oserror_code(e), f"{args.command}: {e}", EXIT_OSERROR)
-                code = code or failed
     return code
 
 
@@ -591,10 +591,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------- main
 
 
-def _oserror_code(e: OSError) -> str:
-    return errno.errorcode.get(e.errno or 0, "oserror")
-
-
 def _fail(args: argparse.Namespace | None, code: str, message: str, exit_code: int) -> int:
     """Report one error on stderr (JSON under --json) and give its exit code."""
     _clear_progress()
@@ -616,18 +612,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command
     try:
         return args.func(args) or EXIT_OK
-    except SnapshotError as e:
-        return _fail(args, e.code, f"{command}: {e}", e.exit_code)
     except BrokenPipeError:
         # The reader went away (`pysnap ls | head`): stop quietly, as cat does.
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_PIPE
-    except OSError as e:
+    except (SnapshotError, OSError) as e:  # the one table of error kinds
+        kind = kind_of(e)
         msg = f"{command}: {e}"
-        if e.errno == errno.EPERM and command in ("mount", "unmount", "umount", "demo"):
+        if kind.code == "EPERM" and command in ("mount", "unmount", "umount", "demo"):
             msg += " (mounting needs root: CAP_SYS_ADMIN)"
-        return _fail(args, _oserror_code(e), msg, EXIT_OSERROR)
+        return _fail(args, kind.code, msg, kind.exit_code)
     except KeyboardInterrupt:
         _clear_progress()
         with contextlib.suppress(OSError, ValueError):
