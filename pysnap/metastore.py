@@ -29,6 +29,7 @@ child may open the root afresh.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import gc
@@ -113,7 +114,7 @@ def _forget_inherited(path: str) -> bool:
         wanted = {os.path.realpath(path)}
     found = False
     for obj in gc.get_objects():
-        if type(obj) is set and not wanted.isdisjoint(obj):
+        if type(obj) is set and obj is not wanted and not wanted.isdisjoint(obj):
             obj.difference_update(wanted)
             found = True
     return found
@@ -202,10 +203,14 @@ class MetaStore:
         self.path = os.path.join(self.root, "metadata.lmdb")
         self.data_path = os.path.join(self.path, "data.mdb")
         self._pid = os.getpid()
-        # Guards _env and _active; close() waits on _idle for _active to reach 0.
+        # One item per transaction in flight. deque.append and pop are atomic,
+        # so the hot path takes no lock: a transaction appends, then reads
+        # _env; close() clears _env, then reads the length under _lock and
+        # waits on _idle, which a leaving transaction that sees _env cleared
+        # notifies. One of the two always sees the other.
+        self._inflight: collections.deque[None] = collections.deque()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._active = 0
         self._env: Any = None
         self._dbs: tuple[Any, Any, Any, Any] = (None, None, None, None)
         if not isinstance(map_size, int) or map_size <= 0:
@@ -339,11 +344,7 @@ class MetaStore:
         Raises:
             ClosedError: the store is closed (or was opened before a fork).
         """
-        with self._lock:
-            env = self._env
-            if env is None:
-                raise self._unusable()
-            self._active += 1
+        env = self._enter()
         try:
             txn = env.begin(None, None, write)
         except BaseException as e:
@@ -353,19 +354,24 @@ class MetaStore:
             raise
         return Txn(self, txn, write)
 
+    def _enter(self) -> Any:
+        """Count a transaction in flight; its environment. Raises ClosedError."""
+        self._inflight.append(None)
+        env = self._env
+        if env is None:
+            self._leave()
+            raise self._unusable()
+        return env
+
     def _leave(self) -> None:
-        with self._lock:
-            self._active -= 1
-            if not self._active and self._env is None:
+        self._inflight.pop()
+        if self._env is None:  # close() may be waiting
+            with self._lock:
                 self._idle.notify_all()
 
     def sync(self) -> None:
         """Flush the environment to disk (meaningful with ``sync=False``)."""
-        with self._lock:
-            env = self._env
-            if env is None:
-                raise self._unusable()
-            self._active += 1
+        env = self._enter()
         try:
             env.sync(True)
         except lmdb.Error as e:
@@ -380,7 +386,7 @@ class MetaStore:
         """
         with self._lock:
             env, self._env = self._env, None
-            while self._active:
+            while self._inflight:
                 self._idle.wait()
         if env is None:
             return
@@ -392,7 +398,7 @@ class MetaStore:
         """In a forked child: forget the environment without closing it (see above)."""
         self._lock = threading.Lock()  # another thread may have held it at fork
         self._idle = threading.Condition(self._lock)
-        self._active = 0
+        self._inflight = collections.deque()
         env, self._env = self._env, None
         self._dbs = (None, None, None, None)
         if env is not None:
