@@ -30,7 +30,6 @@ child may open the root afresh.
 from __future__ import annotations
 
 import collections
-import ctypes
 import errno
 import gc
 import os
@@ -83,6 +82,8 @@ def _keep_forever(env: Any) -> None:
     A list would not do: the interpreter's shutdown clears module globals,
     and py-lmdb's deallocation closes the environment.
     """
+    import ctypes  # only in a forked child that inherited a store
+
     ctypes.pythonapi.Py_IncRef(ctypes.py_object(env))
 
 
