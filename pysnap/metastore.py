@@ -312,8 +312,8 @@ class MetaStore:
             size = self._env.info()["map_size"] if self._env is not None else None
             return MapFullError(
                 f"{where}: the map size{f' ({size} bytes)' if size else ''} is used up: {e}; "
-                "open the snapshotter again with a larger map_size= "
-                "(OverlaySnapshotter(root, map_size=...))"
+                "open it again with a larger map size (OverlaySnapshotter(root, map_size=...), "
+                "pysnap --map-size)"
             )
         if isinstance(e, lmdb.PanicError):
             return CorruptStoreError(

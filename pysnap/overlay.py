@@ -126,7 +126,10 @@ class OverlaySnapshotter:
     # -- lifecycle ----------------------------------------------------------
 
     def close(self) -> None:
-        """Close the metadata store. Calling it again does nothing."""
+        """Close the metadata store once the calls in flight on other threads are done.
+
+        Every call after it raises ClosedError; calling it again does nothing.
+        """
         self._ms.close()  # idempotent and thread-safe itself
 
     def sync(self) -> None:

@@ -336,3 +336,20 @@ def test_cli_reports_store_kinds_from_the_table(tmp_path: Path) -> None:
     doc = json.loads(r.stderr)["error"]
     assert (r.returncode, doc["code"], doc["exit_code"]) == (5, "failed_precondition", 5)
     assert main(["--root", str(tmp_path / "ok"), "--json", "info", "nope"]) == 3
+
+
+def test_cli_map_size_option_and_map_full_exit_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = str(tmp_path / "root")
+    labels = [a for i in range(16) for a in ("--label", f"k{i}={'v' * 4000}")]
+    small = ["--root", root, "--map-size", str(1 << 20), "--json"]
+    for n in range(200):
+        code = main([*small, "prepare", f"s{n}", *labels])
+        if code:
+            break
+    assert code == 10
+    doc = json.loads(capsys.readouterr().err.splitlines()[-1])["error"]
+    assert doc["code"] == "resource_exhausted" and "--map-size" in doc["message"]
+    assert main(["--root", root, "--map-size", str(1 << 24), "prepare", "more", *labels]) == 0
+    assert main(["--root", root, "--map-size", "0", "ls"]) == 2

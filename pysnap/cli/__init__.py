@@ -52,6 +52,16 @@ COMMAND_MODULES: tuple[CommandModule, ...] = (snapshots, mounting, du, demo)
 _MOUNTING_COMMANDS = ("mount", "unmount", "umount", "demo")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of bytes")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``pysnap`` (global options, then one subcommand)."""
     root_default = os.environ.get("PYSNAP_ROOT") or DEFAULT_ROOT
@@ -66,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--root",
         default=root_default,
         help=f"snapshotter root (default: $PYSNAP_ROOT or {DEFAULT_ROOT}; now {root_default})",
+    )
+    parser.add_argument(
+        "--map-size",
+        type=_positive_int,
+        metavar="BYTES",
+        help="the metadata store's map size (default 32 GiB; raise it after a map-full error)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--version", action="version", version=f"pysnap {__version__}")
