@@ -13,7 +13,8 @@ expected; 1: an unexpected exception (traceback on stderr) or a wrong answer.
     Open ROOT, work, fork. The child opens ROOT itself, works, and leaves by
     HOW: ``exit`` (sys.exit with the inherited snapshotter still referenced),
     ``gc`` (drops it, gc.collect(), sys.exit), ``close`` (closes it, then
-    sys.exit). The parent then does 1,000 reads and 1,000 writes.
+    sys.exit); ``exit-unopened``: sys.exit without opening ROOT at all. The
+    parent then does 1,000 reads and 1,000 writes.
 ``mp ROOT START``
     multiprocessing with the START method (fork, spawn): a child opens ROOT
     and prepares a key while the parent holds ROOT open and keeps working.
@@ -101,8 +102,9 @@ def fork(root: str, how: str) -> int:
     _work(sn, "before", 5)  # cached read transactions, reader slots in use
     pid = os.fork()
     if pid == 0:
-        with OverlaySnapshotter(root, sync=False) as own:
-            _work(own, "child", 20)
+        if how != "exit-unopened":
+            with OverlaySnapshotter(root, sync=False) as own:
+                _work(own, "child", 20)
         try:
             sn.stat("x")
         except ClosedError:

@@ -109,7 +109,7 @@ def test_every_call_after_close_is_closed_error(tmp_path: Path) -> None:
 # ---- defect 3: fork ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["exit", "gc", "close"])
+@pytest.mark.parametrize("how", ["exit", "gc", "close", "exit-unopened"])
 def test_parent_unharmed_by_a_forked_child_that_opens_the_root(tmp_path: Path, how: str) -> None:
     # The child opens the root itself, works, and leaves by sys.exit, by GC of
     # the inherited snapshotter or by closing it; the parent's next 1,000 reads
