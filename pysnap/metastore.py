@@ -257,14 +257,13 @@ class MetaStore:
                     max_spare_txns=4,
                 )
             except lmdb.Error as e:
-                inherited = os.path.realpath(self.data_path) in _INHERITED_PATHS
-                if (
-                    attempt == 1
-                    and inherited
-                    and "already open" in str(e)
-                    and _forget_inherited(self.path)
-                ):
-                    continue  # a forked child opening its parent's root itself
+                real = os.path.realpath(self.data_path)
+                # Once only: a second open in this child meets its own first
+                # environment, which the guard must keep refusing.
+                if attempt == 1 and real in _INHERITED_PATHS and "already open" in str(e):
+                    _INHERITED_PATHS.discard(real)
+                    if _forget_inherited(self.path):
+                        continue  # a forked child opening its parent's root itself
                 raise self._error(e, "open") from e
         raise AssertionError("unreachable")  # pragma: no cover
 

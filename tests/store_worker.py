@@ -29,7 +29,7 @@ import sys
 import threading
 
 from pysnap import OverlaySnapshotter
-from pysnap.errors import ClosedError
+from pysnap.errors import ClosedError, SnapshotError
 
 
 def _hammer(sn: OverlaySnapshotter, tag: str, started: threading.Barrier, out: list[str]) -> None:
@@ -105,6 +105,13 @@ def fork(root: str, how: str) -> int:
         if how != "exit-unopened":
             with OverlaySnapshotter(root, sync=False) as own:
                 _work(own, "child", 20)
+                try:  # a second open in one process stays refused (LMDB's rule)
+                    OverlaySnapshotter(root)
+                except SnapshotError as e:
+                    if "already open" not in str(e):
+                        raise
+                else:
+                    sys.exit("opened twice in one process")
         try:
             sn.stat("x")
         except ClosedError:
