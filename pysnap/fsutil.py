@@ -132,11 +132,6 @@ def _reopen(root_fd: int, stack: list[_Frame], child_fd: int) -> int:
     return fd
 
 
-def _is_other_mount(fd: int, dev: int) -> bool:
-    """Whether the directory fd is on another mount than the tree's root (device dev)."""
-    return os.fstat(fd).st_dev != dev or is_mount_root(fd)
-
-
 def remove_tree(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> None:
     """Remove path and everything below it, at any depth; a missing path is a no-op.
 
@@ -193,16 +188,17 @@ def remove_tree(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> No
                             raise
                         os.unlink(name, dir_fd=fd)  # replaced by a file or a symlink
                         continue
-                    if _is_other_mount(child, rst.st_dev):
+                    # Rebind fd before closing the parent: a KeyboardInterrupt
+                    # after the close must not let the finally close it again.
+                    fd, parent = child, fd
+                    cst = os.fstat(fd)
+                    if cst.st_dev != rst.st_dev or is_mount_root(fd):  # another mount
+                        fd, child = parent, fd
                         os.close(child)
                         mounts.append(b"/".join([f.name for f in stack[1:]] + [name]))
                         frame.holds_mount = True
                         continue
-                    # Rebind fd before closing the parent: a KeyboardInterrupt
-                    # after the close must not let the finally close it again.
-                    fd, parent = child, fd
                     os.close(parent)
-                    cst = os.fstat(fd)
                     stack.append(_Frame(name, cst.st_dev, cst.st_ino))
                     prefix = b"/".join(f.name for f in stack[1:])
                     mounts += [prefix + b"/" + m for m in _empty(fd, stack[-1])]

@@ -319,3 +319,21 @@ def test_a_file_bind_mount_stays(tmp_path: Path, mounted: Any) -> None:
     assert (e.value.errno, e.value.filename) == (errno.EBUSY, str(top / "d" / "target"))
     assert (top / "d" / "target").read_text() == "keep"
     assert sorted(os.listdir(top)) == ["d"]
+
+
+def test_is_mount_root(tmp_path: Path) -> None:
+    from snapcore.statx import is_mount_root
+
+    fd = os.open("/", _DIR)
+    try:
+        assert is_mount_root(fd, "proc") and is_mount_root(fd)
+    finally:
+        os.close(fd)
+    fd = os.open(tmp_path, _DIR)
+    try:
+        (tmp_path / "d").mkdir()
+        assert not is_mount_root(fd) and not is_mount_root(fd, b"d")
+        with pytest.raises(FileNotFoundError):
+            is_mount_root(fd, "missing")
+    finally:
+        os.close(fd)
