@@ -271,7 +271,9 @@ def test_remove_leaves_mounts_inside_a_snapshot(
 
 
 @pytest.mark.root
-def test_full_disk_in_a_commit_is_a_store_oserror(tmp_path: Path, mounts: list[Path]) -> None:
+def test_full_disk_in_a_commit_is_a_store_oserror(
+    tmp_path: Path, mounts: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     small = tmp_path / "small"
     small.mkdir()
     sysmount.mount("tmpfs", small, "tmpfs", 0, "size=2m")
@@ -296,6 +298,12 @@ def test_full_disk_in_a_commit_is_a_store_oserror(tmp_path: Path, mounts: list[P
         assert e.value.filename == str(data_mdb(root))
         assert kind_of(e.value).exit_code == 7
         assert [i.name for i in sn.walk()] == ["a"]  # no record
+    # The same through the CLI: exit 7, the errno name in --json.
+    labels = [a for k, v in big.items() for a in ("--label", f"{k}={v}")]
+    assert main(["--root", str(root), "--json", "prepare", "b", *labels]) == 7
+    doc = json.loads(capsys.readouterr().err.splitlines()[-1])["error"]
+    assert doc["code"] == "ENOSPC" and str(data_mdb(root)) in doc["message"]
+    with OverlaySnapshotter(root) as sn:
         # Its directory may stay: once the commit failed, the write lock is
         # gone and removing it could race the next create of that id, which
         # removes the leftover itself (as after a crash).
