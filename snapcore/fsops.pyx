@@ -372,6 +372,7 @@ cdef struct Slot:
     size_t len
     uint64_t hash
     int fd
+    gid_t new_gid             # the group a new file gets here (the dir's if setgid)
 
 
 cdef struct DirTime:
@@ -451,6 +452,10 @@ cdef class Applier:
     cdef int nxattrs, xattr_cap
     cdef int fd
     cdef int pfd
+    cdef gid_t pgid           # the group a new file gets in pfd
+    cdef gid_t root_gid
+    cdef uid_t euid
+    cdef gid_t egid
     # state kept across entries
     cdef Slot cache[NCACHE]
     cdef DirTime *dirs
@@ -474,6 +479,9 @@ cdef class Applier:
         self.root_len = len(self.root_path)
         self.root_c = self.root_path
         self.root = os.open(self.root_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.euid = os.geteuid()
+        self.egid = os.getegid()
+        self.root_gid = self._new_gid(self.root)
         lowers = [os.fsencode(p) for p in lowers]
         self.lowers = <int *>malloc(sizeof(int) * (len(lowers) + 1))
         if self.lowers == NULL:
@@ -1079,6 +1087,21 @@ cdef class Applier:
             return -1
         return self._skip(0)
 
+    cdef gid_t _new_gid(self, int dfd) noexcept nogil:
+        """The group a file made in dfd gets: dfd's when it is setgid, else ours."""
+        cdef c.stat st
+        if c.fstat(dfd, &st) == 0 and st.st_mode & 0o2000:
+            return st.st_gid
+        return self.egid
+
+    cdef void _refresh_gids(self) noexcept nogil:
+        """An existing directory took new metadata: what new files get may have changed."""
+        cdef int i
+        self.root_gid = self._new_gid(self.root)
+        for i in range(NCACHE):
+            if self.cache[i].fd >= 0:
+                self.cache[i].new_gid = self._new_gid(self.cache[i].fd)
+
     cdef int _open_parent(self) noexcept nogil:
         """self.pfd: the parent of the entry, from the cache, opened in the root, or made."""
         cdef uint64_t h
@@ -1086,12 +1109,14 @@ cdef class Applier:
         cdef int fd
         if self.parent.len == 0:
             self.pfd = self.root
+            self.pgid = self.root_gid
             return 0
         h = fnv1a(self.parent.p, self.parent.len)
         s = &self.cache[h & (NCACHE - 1)]
         if s.fd >= 0 and s.hash == h and s.len == self.parent.len and \
                 memcmp(s.path, self.parent.p, s.len) == 0:
             self.pfd = s.fd
+            self.pgid = s.new_gid
             return 0
         fd = c.snap_openat2(self.root, self.parent.p, DIR_FLAGS, IN_ROOT)
         if fd < 0 and errno.errno == errno.ENOENT:
@@ -1114,7 +1139,9 @@ cdef class Applier:
         s.len = self.parent.len
         s.hash = h
         s.fd = fd
+        s.new_gid = self._new_gid(fd)
         self.pfd = fd
+        self.pgid = s.new_gid
         return 0
 
     cdef void _flush_cache(self, int keep) noexcept nogil:
@@ -1380,7 +1407,9 @@ cdef class Applier:
         if self.sparse and ftruncate(fd, <off_t>self.realsize) < 0:
             c.close(fd)
             return self._os(errno.errno, "setting the size of a sparse file")
-        if c.fchown(fd, self.uid, self.gid) < 0:
+        # a new file is ours already, with the group pgid: a chown would change nothing
+        if (self.uid != self.euid or self.gid != self.pgid) and \
+                c.fchown(fd, self.uid, self.gid) < 0:
             c.close(fd)
             return self._os(errno.errno, "chown")
         if self._xattrs(fd, NULL, True) < 0:
@@ -1428,7 +1457,7 @@ cdef class Applier:
         return self._xattrs(-1, path, file_or_dir)
 
     cdef int _dir(self) noexcept nogil:
-        cdef int r, fd
+        cdef int r = 0, fd
         cdef bint opaque = False
         while c.mkdirat(self.pfd, self.base, 0o700) < 0:
             if errno.errno != errno.EEXIST:
@@ -1455,6 +1484,8 @@ cdef class Applier:
                 return -1
         if c.fchmodat(self.pfd, self.base, self.mode, 0) < 0:
             return self._os(errno.errno, "chmod of a directory")
+        if r == 1:                       # merged: it may be a cached parent
+            self._refresh_gids()
         return self._defer_times(self.name.p, self.times[0], self.times[1])
 
     cdef int _symlink(self) noexcept nogil:

@@ -601,3 +601,30 @@ def test_cli_diff_to_stdout_and_apply_from_stdin(
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(captured.out)))
     assert main(["--root", root, "apply", "k2", "-"]) == 0
     assert b"+zstd" in capsysbinary.readouterr().out
+
+
+def test_owners_under_setgid_directories(sn) -> None:
+    """Files take the tar's group, also where a setgid directory would give them its own."""
+    sn.prepare("k")
+    sn.apply(
+        "k",
+        io.BytesIO(
+            tar(
+                dir_("sg", 0o2775, gid=7),
+                file("sg/root", gid=0),
+                file("sg/seven", gid=7),
+                dir_("m", 0o755),
+                file("m/a"),
+                dir_("m", 0o2755, gid=9),  # the same directory again: now setgid, group 9
+                file("m/b", gid=0),
+                file("m/c", gid=9),
+                file("plain", uid=0, gid=0),
+            )
+        ),
+    )
+    u = upper(sn, "k")
+    gids = {
+        n: os.lstat(u / n).st_gid for n in ("sg/root", "sg/seven", "m/a", "m/b", "m/c", "plain")
+    }
+    assert gids == {"sg/root": 0, "sg/seven": 7, "m/a": 0, "m/b": 0, "m/c": 9, "plain": 0}
+    assert os.lstat(u / "m").st_mode & 0o2000

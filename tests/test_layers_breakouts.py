@@ -373,6 +373,11 @@ def snap(tmp_path: Path):
 
 
 def _outside(tmp_path: Path, upper: Path) -> list[tuple[str, int, int]]:
+    """Every path outside the upper with its mode and (files) mtime and size.
+
+    The metadata store's files change with every transaction (LMDB's reader
+    table): only their presence is compared.
+    """
     out = []
     for dirpath, dirnames, filenames in os.walk(tmp_path):
         if Path(dirpath) == upper:
@@ -381,7 +386,10 @@ def _outside(tmp_path: Path, upper: Path) -> list[tuple[str, int, int]]:
         for n in dirnames + filenames:
             p = os.path.join(dirpath, n)
             st = os.lstat(p)
-            out.append((p, st.st_mode, st.st_mtime_ns if not stat.S_ISDIR(st.st_mode) else 0))
+            if stat.S_ISDIR(st.st_mode) or n.endswith(".mdb"):
+                out.append((p, st.st_mode, 0))
+            else:
+                out.append((p, st.st_mode, st.st_mtime_ns + st.st_size))
     return sorted(out)
 
 
