@@ -10,8 +10,8 @@ to make the fewest syscalls and nothing else):
 
 * The whole walk runs in C with the GIL released and no Python object per
   entry: ``openat(parent, name, O_DIRECTORY|O_NOFOLLOW)``, ``getdents64`` into
-  one reused buffer, one ``fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW)`` per
-  entry, ``close``.
+  one reused buffer, one ``statx(dirfd, name, AT_SYMLINK_NOFOLLOW)`` per
+  entry (as fast as fstatat here, and it flags mount roots), ``close``.
 * Iterative depth-first walk: an explicit stack of frames, never C recursion.
   A frame keeps the subdirectories still to visit; names stay bytes.
 * At most ``FD_WINDOW`` directory fds are open per worker: the open frames are
@@ -26,9 +26,17 @@ to make the fewest syscalls and nothing else):
   above) is missed, as with any walk of a tree that is not frozen; a
   directory replaced by a file or symlink raises (ENOTDIR/ELOOP).
 * Memory grows with the hard-linked inodes only: files with ``st_nlink == 1``
-  are counted directly; only files with more links, directories that are
-  mount points (the same filesystem can be mounted twice below a root) and
-  the roots themselves (overlapping roots) go in the (dev, ino) hash set.
+  are counted directly; only files with more links, mount roots and the
+  roots themselves (overlapping roots) go in the (dev, ino) hash set.
+* Mounts (issue 10): a file system reached through two different mount roots
+  below the roots (a bind mount of a directory of the tree inside it, or one
+  device mounted twice with different roots) would count the inodes below both
+  twice, and the first was walked unhashed. A mount root (statx's
+  STATX_ATTR_MOUNT_ROOT, Linux 5.8, or a change of device) on the parent's
+  device, a root's, or another mount root's therefore stops the walk, which
+  starts again with every inode of that device hashed: only that rare case
+  pays, and no walk reads /proc/self/mountinfo. The same mount root met
+  twice (one file system mounted twice, same root) is skipped, as before.
 * Threads: the calling thread walks; with ``threads=None`` a second worker
   (up to the CPU count) starts only after ``SPAWN_AFTER`` entries while
   directories are waiting, because a second thread makes a small walk slower.
@@ -218,6 +226,13 @@ cdef struct Walk:
     InoSet seen
     Root *roots           # distinct roots, sorted by (ino, dev)
     int nroots
+    uint64_t *hashed      # devices whose every inode goes in `seen` (after a restart)
+    int nhashed
+    uint64_t *mountdevs   # devices of the mount roots met so far (under setlock)
+    int nmountdevs
+    int mountcap
+    bint restart          # stopped to walk again with restart_dev hashed
+    uint64_t restart_dev
     int err
     int errroot
     char *errpath
@@ -346,6 +361,82 @@ cdef inline int _seen(Walk *wk, uint64_t dev, uint64_t ino) noexcept nogil:
     return r
 
 
+cdef inline bint _hashed(Walk *wk, uint64_t dev) noexcept nogil:
+    cdef int i
+    for i in range(wk.nhashed):
+        if wk.hashed[i] == dev:
+            return True
+    return False
+
+
+cdef bint _meets_before(Walk *wk, uint64_t dev, uint64_t ino, uint64_t fdev) noexcept nogil:
+    """Can the inodes below this mount root (dev, ino) be reached another way too?
+
+    Yes when its device is the parent's (a bind mount of the same file system),
+    a root's other than itself, or another mount root's met before. Under setlock.
+    """
+    cdef int i
+    if dev == fdev:
+        return True
+    for i in range(wk.nroots):
+        if wk.roots[i].dev == dev and wk.roots[i].ino != ino:
+            return True
+    for i in range(wk.nmountdevs):
+        if wk.mountdevs[i] == dev:
+            return True
+    return False
+
+
+cdef int _restart(Walk *wk, uint64_t dev) noexcept nogil:
+    """Stop every worker so that the wrapper walks again with `dev` hashed. Returns STOP."""
+    linux.pthread_mutex_lock(&wk.lock)
+    if wk.err == 0 and wk.exc == NULL and not wk.restart:
+        wk.restart = True
+        wk.restart_dev = dev
+    linux.snap_store_int(&wk.stop, 1)
+    linux.pthread_cond_broadcast(&wk.cond)
+    linux.pthread_mutex_unlock(&wk.lock)
+    return STOP
+
+
+cdef int _mount_root(Worker *w, int depth, const char *name, uint64_t dev, uint64_t ino,
+                     uint64_t fdev) noexcept nogil:
+    """A mount root (or a device boundary) met in frame `depth`. Hashes it.
+
+    OK: count it; VANISHED: the same mount root was counted already (one file
+    system mounted twice); STOP: an error, or a restart: the inodes below it
+    may have been counted without hashing through another path (README: once
+    per distinct inode), so the walk starts again with its device hashed.
+    """
+    cdef Walk *wk = w.wk
+    cdef int r
+    cdef bint again = False
+    cdef uint64_t *nd
+    linux.pthread_mutex_lock(&wk.setlock)
+    r = _set_add(&wk.seen, dev, ino)
+    if r == 1 and not _hashed(wk, dev):
+        again = _meets_before(wk, dev, ino, fdev)
+        if not again:
+            if wk.nmountdevs == wk.mountcap:
+                nd = <uint64_t *>realloc(wk.mountdevs, (wk.mountcap * 2 + 8) * sizeof(uint64_t))
+                if nd == NULL:
+                    r = -1
+                else:
+                    wk.mountdevs = nd
+                    wk.mountcap = wk.mountcap * 2 + 8
+            if r == 1:
+                wk.mountdevs[wk.nmountdevs] = dev
+                wk.nmountdevs += 1
+    linux.pthread_mutex_unlock(&wk.setlock)
+    if r < 0:
+        return _fail(w, errno.ENOMEM, depth, name)
+    if r == 0:
+        return VANISHED
+    if again:
+        return _restart(wk, dev)
+    return OK
+
+
 cdef int _push_kid(Frame *f, uint64_t dev, uint64_t ino, const char *name) noexcept nogil:
     cdef size_t n = strlen(name)
     cdef size_t size = (sizeof(Kid) + n + 1 + 7) & ~(<size_t>7)
@@ -455,10 +546,10 @@ cdef int _scan(Worker *w, int depth) noexcept nogil:
     cdef ssize_t n, off
     cdef linux.snap_dirent64 *d
     cdef const char *name
-    cdef linux.stat st
+    cdef linux.statx st
     cdef int r, err
-    cdef uint64_t fdev = f.dev
-    cdef bint apparent = wk.apparent
+    cdef uint64_t fdev = f.dev, dev
+    cdef bint apparent = wk.apparent, isdir
     cdef bint roots = wk.nroots > 1
     cdef int *hungry = &wk.hungry
     f.klen = 0
@@ -481,11 +572,11 @@ cdef int _scan(Worker *w, int depth) noexcept nogil:
             name = d.d_name
             if name[0] == b'.' and (name[1] == 0 or (name[1] == b'.' and name[2] == 0)):
                 continue
-            r = linux.fstatat(fd, name, &st, linux.AT_SYMLINK_NOFOLLOW)
+            r = linux.snap_lstatx(fd, name, &st)
             if r != 0:
                 err = errno.errno
                 while r != 0 and err == errno.EINTR:
-                    r = linux.fstatat(fd, name, &st, linux.AT_SYMLINK_NOFOLLOW)
+                    r = linux.snap_lstatx(fd, name, &st)
                     err = errno.errno
                 if r != 0:
                     if err == errno.ENOENT or err == errno.ESTALE:
@@ -498,32 +589,31 @@ cdef int _scan(Worker *w, int depth) noexcept nogil:
             if (w.ticker & 63) == 0 and linux.snap_load_int(hungry):
                 if _export(w) == STOP:
                     return STOP
+            dev = linux.snap_statx_dev(&st)
             if roots:
-                r = _claim(wk, st.st_dev, st.st_ino)
+                r = _claim(wk, dev, st.stx_ino)
                 if r == 2:
                     continue              # another root, walked on its own
-            if linux.S_ISDIR(st.st_mode):
-                if st.st_dev != fdev:
-                    # A mount point: the same filesystem may be mounted again
-                    # below the roots, so this directory can be seen twice.
-                    r = _seen(wk, st.st_dev, st.st_ino)
-                    if r == 0:
-                        continue
-                    if r < 0:
-                        return _fail(w, errno.ENOMEM, depth, name)
-                if _push_kid(f, st.st_dev, st.st_ino, name) < 0:
-                    return _fail(w, errno.ENOMEM, depth, name)
-            elif st.st_nlink > 1:
-                r = _seen(wk, st.st_dev, st.st_ino)
+            isdir = linux.S_ISDIR(st.stx_mode)
+            if (st.stx_attributes & linux.STATX_ATTR_MOUNT_ROOT) or (isdir and dev != fdev):
+                r = _mount_root(w, depth, name, dev, st.stx_ino, fdev)
+                if r != OK:
+                    if r == STOP:
+                        return STOP
+                    continue              # this mount's root was counted already
+            elif (not isdir and st.stx_nlink > 1) or (wk.nhashed and _hashed(wk, dev)):
+                r = _seen(wk, dev, st.stx_ino)
                 if r == 0:
                     continue              # a hard link to an inode counted already
                 if r < 0:
                     return _fail(w, errno.ENOMEM, depth, name)
+            if isdir and _push_kid(f, dev, st.stx_ino, name) < 0:
+                return _fail(w, errno.ENOMEM, depth, name)
             w.inodes += 1
             if apparent:
-                w.size += <uint64_t>st.st_size
+                w.size += st.stx_size
             else:
-                w.size += <uint64_t>st.st_blocks * 512
+                w.size += st.stx_blocks * 512
     return OK
 
 
@@ -866,7 +956,7 @@ cdef int _count_root(Worker *w, RootArg *ra, int i) noexcept nogil:
     r = _claim(wk, ra.dev, ra.ino)
     if r != 1:
         return OK         # the same root twice, or inside a root walked already
-    if not linux.S_ISDIR(ra.mode) and ra.nlink > 1:
+    if (not linux.S_ISDIR(ra.mode) and ra.nlink > 1) or _hashed(wk, ra.dev):
         r = _seen(wk, ra.dev, ra.ino)
         if r == 0:
             return OK
@@ -934,6 +1024,8 @@ cdef void _free_walk(Walk *wk) noexcept nogil:
         _free_worker(wk.workers[i])
     free(wk.seen.slots)
     free(wk.roots)
+    free(wk.hashed)
+    free(wk.mountdevs)
     free(wk.errpath)
     linux.pthread_cond_destroy(&wk.cond)
     linux.pthread_mutex_destroy(&wk.setlock)
@@ -976,15 +1068,9 @@ def disk_usage(*roots, apparent=False, threads=None, progress=None, progress_eve
             the walk stops within a few thousand entries.
         ValueError: threads or progress_every below 1.
     """
-    cdef Walk *wk = NULL
-    cdef RootArg *ra = NULL
-    cdef int n, i, j, nthreads
-    cdef uint64_t size = 0, inodes = 0
+    cdef int nthreads
     cdef bint adaptive
-    cdef list paths = []
-    cdef list keys
-    cdef bytes b
-    cdef object exc
+    cdef list hashed = []
     if threads is None:
         adaptive = True
         nthreads = _default_threads()
@@ -1000,84 +1086,143 @@ def disk_usage(*roots, apparent=False, threads=None, progress=None, progress_eve
         raise TypeError("progress must be callable")
     roots = tuple(os.fspath(r) for r in roots)
     sts = [os.lstat(r) for r in roots]        # a missing root: FileNotFoundError
-    n = len(roots)
-    if n == 0:
+    if not roots:
         return (0, 0)
-    paths = [os.fsencode(r) for r in roots]
-    keys = sorted({(st.st_ino, st.st_dev) for st in sts})
+    walk = _WalkArgs(roots, sts, apparent, nthreads, adaptive, progress, progress_every)
+    while True:
+        # A restart (a file system reached through two mount roots) hashes every
+        # inode of its device from then on; there are only so many devices.
+        dev = walk.run(hashed)
+        if dev is None:
+            return (walk.size, walk.inodes)
+        hashed.append(dev)
 
-    wk = <Walk *>calloc(1, sizeof(Walk))
-    ra = <RootArg *>calloc(n, sizeof(RootArg))
-    if wk == NULL or ra == NULL:
-        free(wk)
-        free(ra)
-        raise MemoryError()
-    linux.pthread_mutex_init(&wk.lock, NULL)
-    linux.pthread_mutex_init(&wk.setlock, NULL)
-    linux.pthread_cond_init(&wk.cond, NULL)
-    try:
-        wk.apparent = bool(apparent)
-        wk.adaptive = adaptive
-        wk.maxthreads = nthreads
-        wk.progress_every = progress_every
-        wk.next_progress = progress_every
-        wk.tick_every = min(TICK, progress_every) if progress is not None else TICK
-        if progress is not None:
-            wk.progress = <PyObject *>progress
-        wk.roots = <Root *>calloc(len(keys), sizeof(Root))
-        if wk.roots == NULL:
+
+cdef class _WalkArgs:
+    """What disk_usage was asked; run() walks once."""
+    cdef tuple roots
+    cdef list sts
+    cdef list paths
+    cdef list keys
+    cdef bint apparent
+    cdef int nthreads
+    cdef bint adaptive
+    cdef object progress
+    cdef uint64_t progress_every
+    cdef uint64_t next_progress
+    cdef readonly uint64_t size
+    cdef readonly uint64_t inodes
+
+    def __cinit__(self, tuple roots, list sts, apparent, int nthreads, bint adaptive,
+                  progress, uint64_t progress_every):
+        self.roots = roots
+        self.sts = sts
+        self.paths = [os.fsencode(r) for r in roots]
+        self.keys = sorted({(st.st_ino, st.st_dev) for st in sts})
+        self.apparent = bool(apparent)
+        self.nthreads = nthreads
+        self.adaptive = adaptive
+        self.progress = progress
+        self.progress_every = progress_every
+        self.next_progress = progress_every
+
+    def run(self, list hashed):
+        """Walk every root; None when done, or the device to hash on a restart."""
+        cdef Walk *wk = NULL
+        cdef RootArg *ra = NULL
+        cdef int n = len(self.roots), i, j
+        cdef int nthreads = self.nthreads
+        cdef bint adaptive = self.adaptive
+        cdef uint64_t size = 0, inodes = 0
+        cdef bytes b
+        cdef object exc
+        roots = self.roots
+        wk = <Walk *>calloc(1, sizeof(Walk))
+        ra = <RootArg *>calloc(n, sizeof(RootArg))
+        if wk == NULL or ra == NULL:
+            free(wk)
+            free(ra)
             raise MemoryError()
-        wk.nroots = len(keys)
-        for j, (ino, dev) in enumerate(keys):
-            wk.roots[j].ino = ino
-            wk.roots[j].dev = dev
-        for i in range(n):
-            b = paths[i]
-            ra[i].path = b
-            st = sts[i]
-            ra[i].dev = st.st_dev
-            ra[i].ino = st.st_ino
-            ra[i].mode = st.st_mode
-            ra[i].nlink = st.st_nlink
-            ra[i].size = st.st_size
-            ra[i].blocks = st.st_blocks
-        wk.workers[0] = _new_worker(wk, 0)
-        if wk.workers[0] == NULL:
-            raise MemoryError()
-        wk.nstarted = 1
-        wk.nbusy = 1
-        with nogil:
-            if not adaptive:
-                for i in range(1, nthreads):
-                    _spawn(wk)
-            _walk(wk, ra, n)
-    finally:
-        with nogil:
-            _shutdown(wk)
-        for i in range(wk.nstarted):
-            size += wk.workers[i].size
-            inodes += wk.workers[i].inodes
-        exc = None
-        err = wk.err
-        path = None
-        if wk.exc != NULL:
-            exc = <object>wk.exc
-            Py_XDECREF(wk.exc)
-            wk.exc = NULL
-        elif err:
-            path = wk.errpath[:wk.errpathlen] if wk.errpath != NULL else b""
-            if 0 <= wk.errroot < n and not isinstance(roots[wk.errroot], bytes):
-                path = os.fsdecode(path)
-        with nogil:
-            _free_walk(wk)
-        free(ra)
-    if exc is not None:
-        raise exc
-    if err:
-        if err == errno.ENOMEM:
-            raise MemoryError()
-        raise_oserror(err, path)
-    return (size, inodes)
+        linux.pthread_mutex_init(&wk.lock, NULL)
+        linux.pthread_mutex_init(&wk.setlock, NULL)
+        linux.pthread_cond_init(&wk.cond, NULL)
+        try:
+            wk.apparent = self.apparent
+            wk.adaptive = adaptive
+            wk.maxthreads = nthreads
+            wk.progress_every = self.progress_every
+            # after a restart, progress goes on from the figures already reported
+            wk.next_progress = self.next_progress
+            wk.tick_every = min(TICK, self.progress_every) if self.progress is not None else TICK
+            if self.progress is not None:
+                wk.progress = <PyObject *>self.progress
+            wk.roots = <Root *>calloc(len(self.keys), sizeof(Root))
+            if wk.roots == NULL:
+                raise MemoryError()
+            wk.nroots = len(self.keys)
+            for j, (ino, dev) in enumerate(self.keys):
+                wk.roots[j].ino = ino
+                wk.roots[j].dev = dev
+            if hashed:
+                wk.hashed = <uint64_t *>calloc(len(hashed), sizeof(uint64_t))
+                if wk.hashed == NULL:
+                    raise MemoryError()
+                for j, dev in enumerate(hashed):
+                    wk.hashed[j] = dev
+                wk.nhashed = len(hashed)
+            for i in range(n):
+                b = self.paths[i]
+                ra[i].path = b
+                st = self.sts[i]
+                ra[i].dev = st.st_dev
+                ra[i].ino = st.st_ino
+                ra[i].mode = st.st_mode
+                ra[i].nlink = st.st_nlink
+                ra[i].size = st.st_size
+                ra[i].blocks = st.st_blocks
+            wk.workers[0] = _new_worker(wk, 0)
+            if wk.workers[0] == NULL:
+                raise MemoryError()
+            wk.nstarted = 1
+            wk.nbusy = 1
+            with nogil:
+                if not adaptive:
+                    for i in range(1, nthreads):
+                        _spawn(wk)
+                _walk(wk, ra, n)
+        finally:
+            with nogil:
+                _shutdown(wk)
+            for i in range(wk.nstarted):
+                size += wk.workers[i].size
+                inodes += wk.workers[i].inodes
+            exc = None
+            err = wk.err
+            path = None
+            restart = wk.restart_dev if wk.restart else None
+            self.next_progress = wk.next_progress
+            if wk.exc != NULL:
+                exc = <object>wk.exc
+                Py_XDECREF(wk.exc)
+                wk.exc = NULL
+            elif err:
+                path = wk.errpath[:wk.errpathlen] if wk.errpath != NULL else b""
+                if 0 <= wk.errroot < n and not isinstance(roots[wk.errroot], bytes):
+                    path = os.fsdecode(path)
+            with nogil:
+                _free_walk(wk)
+            free(ra)
+        if exc is not None:
+            raise exc
+        if err:
+            if err == errno.ENOMEM:
+                raise MemoryError()
+            raise_oserror(err, path)
+        if restart is not None:
+            return restart
+        self.size = size
+        self.inodes = inodes
+        return None
 
 
 def supports_d_type(path):

@@ -497,3 +497,97 @@ def test_reference_keyboard_interrupt_at_any_close(
             break
     else:
         pytest.fail("more closes than expected")
+
+
+# ---- mounts inside the tree (issue 10: once per distinct inode) -------------------
+
+
+@pytest.fixture
+def binds() -> Iterator[Callable[..., None]]:
+    """mount(source, target, fstype=None): real mounts, unmounted in teardown (last first)."""
+    from snapcore import mount as _sys
+
+    done: list[Path] = []
+
+    def mount(source: Path | str, target: Path, fstype: str | None = None) -> None:
+        if fstype is None:
+            _sys.mount(source, target, None, _sys.MS_BIND)
+        else:
+            _sys.mount(source, target, fstype, 0)
+        done.append(target)
+
+    yield mount
+    for target in reversed(done):
+        _sys.umount(target, _sys.MNT_DETACH)
+
+
+def _layer(top: Path, name: str, nfiles: int) -> Path:
+    """top/name/sub with nfiles single-link files of 5000 bytes: the bind source."""
+    make_files(top / name / "sub", 2, nfiles // 2, b"s" * 5000)
+    return top / name
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("source_first", [True, False])
+def test_same_fs_bind_mount_inside_the_tree_counts_once(
+    tmp_path: Path, binds: Callable[..., None], source_first: bool
+) -> None:
+    """A directory of the tree bind-mounted inside it, on the same file system: its
+    single-link files are reached twice and must count once (GNU du counts twice).
+
+    Both orders: the walk meets the source before the bind, or the bind first
+    (every inode below it was counted unhashed when the source comes later).
+    """
+    top = tmp_path / "t"
+    # a/ is walked before z/ or after it; which one is the bind point decides the order
+    src, point = ("a", "z") if source_first else ("z", "a")
+    _layer(top, src, 40)
+    (top / point / "mnt").mkdir(parents=True)
+    (top / point / "own").write_bytes(b"o" * 3000)
+    alone = du.disk_usage(top)
+    mnt_inode = du.disk_usage(top / point / "mnt")
+    binds(top / src, top / point / "mnt")
+    # the bind hides mnt's own inode and adds nothing: every inode is there already
+    want = (alone[0] - mnt_inode[0], alone[1] - 1)
+    assert want[1] == 1 + 2 + 1 + 2 + 40 + 1  # top, src/, src/sub, 2 dirs, 40 files, point/
+    assert du.disk_usage(top / point / "mnt") == du.disk_usage(top / src)  # the bind is there
+    for name, fn in IMPLS.items():
+        assert fn(top) == want, name
+        assert fn(top / point, top / src) == fn(top / src, top / point), name
+    assert du.disk_usage(top, apparent=True) == _reference.disk_usage(top, apparent=True)
+
+
+@pytest.mark.root
+def test_one_file_system_mounted_at_two_roots_counts_once(
+    tmp_path: Path, binds: Callable[..., None]
+) -> None:
+    """A tmpfs at m1 and a bind of m1/a/sub at m2: another device, reached through two
+    different mount roots (each hashed, their contents not)."""
+    top = tmp_path / "t"
+    for d in ("m1", "m2", "plain"):
+        (top / d).mkdir(parents=True)
+    make_files(top / "plain", 3, 10, b"p" * 100)
+    binds("tmpfs", top / "m1", "tmpfs")
+    _layer(top / "m1", "a", 30)
+    (top / "m1" / "b").write_bytes(b"b" * 8000)
+    before = du.disk_usage(top)
+    sub = du.disk_usage(top / "m2")
+    binds(top / "m1" / "a" / "sub", top / "m2")
+    want = (before[0] - sub[0], before[1] - 1)
+    for name, fn in IMPLS.items():
+        assert fn(top) == want, name
+        assert fn(top / "m2", top) == want, name
+
+
+@pytest.mark.root
+def test_file_bind_mounted_inside_the_tree_counts_once(
+    tmp_path: Path, binds: Callable[..., None]
+) -> None:
+    top = tmp_path / "t"
+    make_files(top, 2, 5, b"x" * 7000)
+    (top / "target").write_bytes(b"")
+    before = du.disk_usage(top)
+    binds(top / "d0001" / "f3", top / "target")
+    want = (before[0], before[1] - 1)  # target's own (empty) inode is hidden
+    for name, fn in IMPLS.items():
+        assert fn(top) == want, name

@@ -1,5 +1,5 @@
 # Declarations only: the C functions and constants snapcore calls.
-from libc.stdint cimport uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint16_t, uint32_t, uint64_t, int64_t
 from posix.types cimport mode_t, off_t, sigset_t
 from posix.time cimport timespec
 
@@ -83,6 +83,18 @@ cdef extern from "includes/compat.h" nogil:
     void snap_store_int(int *p, int v)
     uint64_t snap_load_u64(const uint64_t *p)
     void snap_add_u64(uint64_t *p, uint64_t v)
+
+    # du's stat of an entry: statx with the fields du needs (the struct has more)
+    cdef struct statx:
+        uint64_t stx_attributes
+        uint32_t stx_nlink
+        uint16_t stx_mode
+        uint64_t stx_ino
+        uint64_t stx_size
+        uint64_t stx_blocks
+    int snap_lstatx(int dirfd, const char *name, statx *stx)
+    uint64_t snap_statx_dev(const statx *stx)
+    uint64_t STATX_ATTR_MOUNT_ROOT
 
     int snap_fsopen(const char *fsname, unsigned int flags)
     int snap_fsconfig(int fd, unsigned int cmd, const char *key, const void *value, int aux)
