@@ -19,6 +19,11 @@ to make the fewest syscalls and nothing else):
   fell out of the window is reopened as ``openat(child, "..")`` (checked by
   ``(st_dev, st_ino)``) when the walk climbs back, so a 10,000-level chain
   costs one extra open per level, and no path is ever longer than a name.
+* Few fds (issue 10: GNU du works with 16): before the first helper starts,
+  the workers and their window are sized to RLIMIT_NOFILE less the fds open;
+  an EMFILE/ENFILE still met closes the shallowest frame of the window and
+  shrinks every worker's (and starts no more workers); it fails only when a
+  worker cannot hold three fds.
 * A tree changed while it is walked: fds, memory and the walk stay safe,
   the count is approximate. Vanished entries are skipped; a directory moved
   from a part already walked to one still to walk is counted twice, one
@@ -67,6 +72,11 @@ from .includes.oserr cimport raise_oserror
 cdef enum:
     BUFSZ = 65536         # getdents64 buffer, one per worker
     FD_WINDOW = 48        # directory fds a worker keeps open besides its job root
+    MIN_WINDOW = 8        # fewer workers rather than a smaller window than this
+    FD_SPARE = 3          # a worker's fds besides its window: job root, the one it opens, an export
+    FD_RESERVE = 4        # fds left to the rest of the process
+    FD_WAIT_NS = 1000000  # out of fds with nothing to close: wait for the others this long...
+    FD_WAITS = 2000       # ...this many times, then fail with EMFILE
     TICK = 4096           # entries between checks for Ctrl-C (issue 3: "a few thousand")
     SPAWN_AFTER = 16384   # adaptive: entries before a second worker may start
     MAX_THREADS = 64
@@ -219,6 +229,8 @@ cdef struct Walk:
     int nbusy
     int nstarted
     int maxthreads
+    int window            # open frames per worker (FD_WINDOW, less when fds are short)
+    bint fds_counted      # the fd budget was looked at (first helper)
     int hungry            # nidle > nqueued (read without the lock: a hint)
     int stop              # error, exception or done: everybody leaves
     bint adaptive
@@ -630,6 +642,104 @@ cdef int _openat(int dirfd, const char *name, int *out) noexcept nogil:
             return err
 
 
+cdef void _shed(Worker *w) noexcept nogil:
+    """Close the shallowest frame of the fd window (lo < top)."""
+    if w.frames[w.lo].fd >= 0:
+        linux.close(w.frames[w.lo].fd)
+        w.frames[w.lo].fd = -1
+    w.lo += 1
+
+
+cdef int _open_dir(Worker *w, int dirfd, const char *name, int *out) noexcept nogil:
+    """_openat for the walk, which degrades instead of failing when fds run short.
+
+    On EMFILE/ENFILE (issue 10: GNU du works with 16 fds) no more workers
+    start, the worker closes the shallowest frame of its window, and every
+    worker's window shrinks to what was open; with nothing left to close
+    (frames 0 and top only) it waits for the others to shed theirs. 0 or errno.
+    """
+    cdef Walk *wk = w.wk
+    cdef int err, waits = 0, n
+    cdef timespec ts
+    ts.tv_sec = 0
+    ts.tv_nsec = FD_WAIT_NS
+    while True:
+        err = _openat(dirfd, name, out)
+        if err != errno.EMFILE and err != errno.ENFILE:
+            return err
+        linux.pthread_mutex_lock(&wk.lock)
+        wk.maxthreads = wk.nstarted
+        linux.pthread_mutex_unlock(&wk.lock)
+        if w.lo < w.top:
+            _shed(w)
+            n = w.top - w.lo + 1
+            if n < linux.snap_load_int(&wk.window):
+                linux.snap_store_int(&wk.window, n)
+            continue
+        if wk.nstarted == 1 or waits >= FD_WAITS or _stopped(wk):
+            return err
+        waits += 1
+        linux.nanosleep(&ts, NULL)
+
+
+cdef int _fds_free() noexcept nogil:
+    """How many more fds this process may open: RLIMIT_NOFILE's soft limit minus
+    the fds open now (entries of /proc/self/fd); a large number if unknown."""
+    cdef linux.rlimit rl
+    cdef int fd = -1, count = 0
+    cdef ssize_t n, off
+    cdef char buf[4096]
+    cdef linux.snap_dirent64 *d
+    if linux.getrlimit(linux.RLIMIT_NOFILE, &rl) != 0 or rl.rlim_cur == linux.RLIM_INFINITY \
+            or rl.rlim_cur > 1 << 20:
+        return 1 << 20
+    if _openat(linux.AT_FDCWD, b"/proc/self/fd", &fd) != 0:
+        return 1 << 20
+    while True:
+        n = linux.snap_getdents64(fd, buf, sizeof(buf))
+        if n < 0 and errno.errno == errno.EINTR:
+            continue
+        if n <= 0:
+            break
+        off = 0
+        while off < n:
+            d = <linux.snap_dirent64 *>(buf + off)
+            off += d.d_reclen
+            if d.d_name[0] != b'.':
+                count += 1
+    linux.close(fd)
+    return <int>rl.rlim_cur - (count - 1)       # the directory's own fd is closed again
+
+
+cdef int _held(Worker *w) noexcept nogil:
+    """The fds worker w holds now (frame 0 and its window)."""
+    cdef int j, n = 0
+    if w.top < 0:
+        return 0
+    if w.frames[0].fd >= 0:
+        n += 1
+    for j in range(w.lo, w.top + 1):
+        if w.frames[j].fd >= 0:
+            n += 1
+    return n
+
+
+cdef void _size_to_fds(Walk *wk) noexcept nogil:
+    """Before the first helper starts (under wk.lock): as many workers as the fds
+    allow with a window of at least MIN_WINDOW each, and the window they share."""
+    cdef int budget, n, window
+    wk.fds_counted = True
+    budget = _fds_free() + _held(wk.workers[0]) - FD_RESERVE
+    n = budget // (MIN_WINDOW + FD_SPARE)
+    if n < wk.maxthreads:
+        wk.maxthreads = n if n > 1 else 1
+    window = budget // wk.maxthreads - FD_SPARE
+    if window < 1:
+        window = 1
+    if window < wk.window:
+        linux.snap_store_int(&wk.window, window)
+
+
 cdef int _reopen(Worker *w, int i, int childfd) noexcept nogil:
     """Give frame i (outside the fd window) an fd again. OK, VANISHED or STOP.
 
@@ -640,14 +750,14 @@ cdef int _reopen(Worker *w, int i, int childfd) noexcept nogil:
     cdef linux.stat st
     cdef int fd = -1, cur, nfd = -1, err, j
     if childfd >= 0:
-        if _openat(childfd, b"..", &fd) == 0:
+        if _open_dir(w, childfd, b"..", &fd) == 0:
             if linux.fstat(fd, &st) == 0 and st.st_dev == f.dev and st.st_ino == f.ino:
                 f.fd = fd
                 return OK
             linux.close(fd)
     cur = w.frames[0].fd
     for j in range(1, i + 1):
-        err = _openat(cur, w.frames[j].name, &nfd)
+        err = _open_dir(w, cur, w.frames[j].name, &nfd)
         if cur != w.frames[0].fd:
             linux.close(cur)
         if err != 0:
@@ -687,6 +797,9 @@ cdef int _export(Worker *w) noexcept nogil:
     name = <const char *>k + sizeof(Kid)
     err = _openat(f.fd, name, &fd)
     if err != 0:
+        if err == errno.EMFILE or err == errno.ENFILE:
+            f.kpos -= k.size      # no fd to hand over: walk it here
+            return OK
         if err == errno.ENOENT or err == errno.ESTALE:
             return OK
         return _fail(w, err, depth, name)
@@ -741,12 +854,10 @@ cdef int _push(Worker *w, int fd, Kid *k, const char *name) noexcept nogil:
     f.kpos = 0
     if w.lo > w.top:
         w.lo = w.top
-    if w.top - w.lo + 1 > FD_WINDOW:
+    while w.top - w.lo + 1 > linux.snap_load_int(&w.wk.window):
         # Cap the open fds: the shallowest frame of the window closes; the
         # walk comes back to it last and reopens it through "..".
-        linux.close(w.frames[w.lo].fd)
-        w.frames[w.lo].fd = -1
-        w.lo += 1
+        _shed(w)
     return OK
 
 
@@ -803,7 +914,7 @@ cdef int _run(Worker *w, Job *job) noexcept nogil:
         k = <Kid *>(f.kids + f.kpos)
         f.kpos += k.size
         name = <const char *>k + sizeof(Kid)
-        err = _openat(f.fd, name, &fd)
+        err = _open_dir(w, f.fd, name, &fd)
         if err != 0:
             if err == errno.ENOENT or err == errno.ESTALE:
                 continue
@@ -926,6 +1037,8 @@ cdef int _spawn(Walk *wk) noexcept nogil:
     cdef sigset_t all_, old
     cdef int rc
     linux.pthread_mutex_lock(&wk.lock)
+    if not wk.fds_counted and not wk.stop:
+        _size_to_fds(wk)
     if wk.stop or wk.nstarted >= wk.maxthreads:
         linux.pthread_mutex_unlock(&wk.lock)
         return 0
@@ -1150,10 +1263,11 @@ cdef class _WalkArgs:
             wk.apparent = self.apparent
             wk.adaptive = adaptive
             wk.maxthreads = nthreads
+            wk.window = FD_WINDOW
             wk.progress_every = self.progress_every
             # after a restart, progress goes on from the figures already reported
             wk.next_progress = self.next_progress
-            wk.tick_every = min(TICK, self.progress_every) if self.progress is not None else TICK
+            wk.tick_every = min(<uint64_t>TICK, self.progress_every) if self.progress is not None else TICK
             if self.progress is not None:
                 wk.progress = <PyObject *>self.progress
             wk.roots = <Root *>calloc(len(self.keys), sizeof(Root))

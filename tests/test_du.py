@@ -591,3 +591,74 @@ def test_file_bind_mounted_inside_the_tree_counts_once(
     want = (before[0], before[1] - 1)  # target's own (empty) inode is hidden
     for name, fn in IMPLS.items():
         assert fn(top) == want, name
+
+
+# ---- few file descriptors (issue 10: GNU du works with 16) --------------------------
+
+_UNDER_LIMIT = """
+import resource, sys
+from snapcore import du
+limit, roots = int(sys.argv[1]), sys.argv[2:]
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+for threads in (1, 2, 4, None):
+    print(threads, *du.disk_usage(*roots, threads=threads))
+"""
+
+
+def make_comb(top: Path, depth: int) -> None:
+    """A chain of `depth` levels with a side directory and a file at each."""
+    top.mkdir()
+    fd = os.open(top, _DIR)
+    try:
+        for i in range(depth):
+            os.mkdir("side", dir_fd=fd)
+            f = os.open("side/f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+            os.write(f, b"s" * (i + 1))
+            os.close(f)
+            os.mkdir("z", dir_fd=fd)
+            nfd = os.open("z", _DIR, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("limit", [16, 24, 40])
+def test_low_fd_limit_degrades_instead_of_failing(
+    deep_tmp: Path, big_tree: Path, limit: int
+) -> None:
+    """Under RLIMIT_NOFILE of 16, 24 or 40 (a fresh interpreter holds about 5), a deep
+    comb and a wide tree (where helpers start; with 40, two of them) give the
+    same as with no limit."""
+    comb = deep_tmp / "comb"
+    make_comb(comb, 400)
+    for roots in ([comb], [big_tree], [comb, big_tree]):
+        want = du.disk_usage(*roots)
+        out = subprocess.run(
+            [os.sys.executable, "-c", _UNDER_LIMIT, str(limit), *map(str, roots)],
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr
+        got = [tuple(map(int, line.split()[1:])) for line in out.stdout.splitlines()]
+        assert got == [want] * 4, (roots, out.stdout)
+
+
+def test_fd_limit_too_low_for_any_walk_raises_emfile(tmp_path: Path) -> None:
+    """With no fd to spare at all the walk cannot open a directory: EMFILE, with the path."""
+    make_files(tmp_path / "t", 2, 2)
+    code = (
+        "import errno, os, resource, sys\n"
+        "from snapcore import du\n"
+        "held = [os.open('/', os.O_RDONLY) for _ in range(3)]\n"
+        "n = len(os.listdir('/proc/self/fd')) - 1\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (n, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+        "try:\n"
+        "    du.disk_usage(sys.argv[1])\n"
+        "except OSError as e:\n"
+        "    print(e.errno == errno.EMFILE, e.filename)\n"
+    )
+    out = subprocess.run(
+        [os.sys.executable, "-c", code, str(tmp_path / "t")], capture_output=True, text=True
+    )
+    assert out.stdout.split() == ["True", str(tmp_path / "t")], out.stderr

@@ -56,6 +56,24 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_broadcast(pthread_cond_t *c)
     int pthread_sigmask(int how, const sigset_t *newset, sigset_t *oldset)
 
+cdef extern from "<sys/resource.h>" nogil:
+    # du: how many fds it may open, and whether its threads wait on the disk
+    ctypedef unsigned long rlim_t
+    cdef struct rlimit:
+        rlim_t rlim_cur
+        rlim_t rlim_max
+    int getrlimit(int resource, rlimit *rlim)
+    int RLIMIT_NOFILE
+    rlim_t RLIM_INFINITY
+    cdef struct rusage:
+        long ru_nvcsw
+        long ru_nivcsw
+    int getrusage(int who, rusage *usage)
+    int RUSAGE_THREAD
+
+cdef extern from "<time.h>" nogil:
+    int nanosleep(const timespec *req, timespec *rem)
+
 cdef extern from "<sched.h>" nogil:
     # mount.pyx's fallback helper thread: its own cwd (unshare(CLONE_FS))
     int unshare(int flags)
