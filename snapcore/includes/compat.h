@@ -71,6 +71,10 @@ static inline uint64_t snap_load_u64(const uint64_t *p) {
     return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
 
+static inline void snap_store_u64(uint64_t *p, uint64_t v) {
+    __atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
+
 static inline void snap_add_u64(uint64_t *p, uint64_t v) {
     __atomic_add_fetch(p, v, __ATOMIC_RELAXED);
 }

@@ -47,6 +47,7 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_init(pthread_mutex_t *m, const pthread_mutexattr_t *attr)
     int pthread_mutex_destroy(pthread_mutex_t *m)
     int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_trylock(pthread_mutex_t *m)
     int pthread_mutex_unlock(pthread_mutex_t *m)
     int pthread_cond_init(pthread_cond_t *c, const pthread_condattr_t *attr)
     int pthread_cond_destroy(pthread_cond_t *c)
@@ -100,6 +101,7 @@ cdef extern from "includes/compat.h" nogil:
     int snap_load_int(const int *p)
     void snap_store_int(int *p, int v)
     uint64_t snap_load_u64(const uint64_t *p)
+    void snap_store_u64(uint64_t *p, uint64_t v)
     void snap_add_u64(uint64_t *p, uint64_t v)
 
     # du's stat of an entry: statx with the fields du needs (the struct has more)
