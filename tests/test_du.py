@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -674,6 +675,8 @@ def cold_tree(tmp_path: Path) -> Iterator[Callable[[], Path]]:
     """A tree on its own ext4 (a loop device); calling it remounts that file system,
     so the next walk finds none of its inodes cached and waits on the device, as a
     cold cache does, without dropping the caches of the whole machine."""
+    if shutil.which("mkfs.ext4") is None or not os.path.exists("/dev/loop-control"):
+        pytest.skip("needs mkfs.ext4 and loop devices")
     image, mnt = tmp_path / "fs.img", tmp_path / "mnt"
     mnt.mkdir()
     with open(image, "wb") as f:
