@@ -1,6 +1,11 @@
 # cython: language_level=3
 """snapcore.du: inode-deduplicated disk usage of trees (containerd's fs.DiskUsage).
 
+One module of about 1,500 lines on purpose: the hot loop (_scan), the inode
+set, the fd window and the worker pool share the Walk and Worker structs, and
+split across modules their calls would go through cimport's function
+pointers instead of being inlined into the loop.
+
 Semantics are continuity's ``fs/du_unix.go``: lstat every entry below each root,
 the root included, count each distinct ``(st_dev, st_ino)`` once across all
 roots, ``size = sum(st_blocks * 512)`` (``st_size`` with ``apparent=True``).

@@ -17,10 +17,6 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
-#include <sys/resource.h>
-#include <sys/time.h>
-#include <time.h>
-#include <dirent.h>
 
 /* ---- getdents64 ---------------------------------------------------------- */
 
