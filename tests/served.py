@@ -14,11 +14,22 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 
 from pysnap import OverlaySnapshotter
 from pysnap.client import RemoteSnapshotter
 from pysnap.fsutil import remove_tree
 from pysnap.server import SnapshotServer
+
+
+@contextlib.contextmanager
+def short_tmpdir(prefix: str = "pysnap-") -> Iterator[str]:
+    """A fresh directory under /tmp with a short path (for unix sockets), removed afterwards."""
+    path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    try:
+        yield path
+    finally:
+        remove_tree(path)
 
 
 class ServedSnapshotter(RemoteSnapshotter):
@@ -36,6 +47,7 @@ class ServedSnapshotter(RemoteSnapshotter):
             super().__init__(server.address)
             stack.callback(super().close)
             self.root = backend.root
+            self.backend = backend
             self.server = server
             self._owned = stack.pop_all()
 
