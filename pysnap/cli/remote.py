@@ -14,6 +14,8 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
+from ..errors import UnimplementedError
+
 if TYPE_CHECKING:
     from ..client import RemoteSnapshotter
 
@@ -38,7 +40,12 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
 def open_remote(args: argparse.Namespace) -> RemoteSnapshotter:
     """The RemoteSnapshotter the remote options name."""
-    from ..client import RemoteSnapshotter  # imported late: grpc is the server extra's
+    try:
+        from ..client import RemoteSnapshotter  # imported late: grpc is the server extra's
+    except ImportError as e:
+        raise UnimplementedError(
+            f"--address needs the server extra (pip install 'pysnap[server]'): {e}"
+        ) from None
 
     namespace = args.namespace
     if namespace is None and args.snapshotter:

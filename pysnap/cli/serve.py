@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, UnimplementedError
 from ._common import AddCommand
 
 DEFAULT_ADDRESS = "/run/pysnap/pysnap.sock"
@@ -77,7 +77,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from ..server import serve  # imported late: grpc is the server extra's
+    try:
+        from ..server import serve  # imported late: grpc is the server extra's
+    except ImportError as e:
+        raise UnimplementedError(
+            f"serve needs the server extra (pip install 'pysnap[server]'): {e}"
+        ) from None
 
     return serve(
         root,

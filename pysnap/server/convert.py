@@ -3,7 +3,9 @@
 The one module that knows the messages of ``containerd.services.snapshots.v1``
 (``_proto/snapshots.proto``); the service and the client call only this.
 Times travel as ``google.protobuf.Timestamp`` with their nanoseconds; kinds as
-containerd's enum, whose numbers are ``Kind``'s. Errors cross as gRPC status
+containerd's enum, whose numbers are ``Kind``'s. The Infos the server sends
+are encoded by ``snapcore.wire`` (the hot path of List and Stat); everything
+else goes through the generated protobuf classes. Errors cross as gRPC status
 codes through the one table in ``pysnap.errors``, in both directions, with the
 message unchanged (containerd's ``errgrpc.ToGRPC`` and ``ToNative``).
 """
@@ -16,6 +18,8 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
+
+from snapcore.wire import encode_info_messages
 
 from ..errors import InvalidArgumentError, SnapshotError, from_grpc_status, kind_of
 from ..types import Info, Kind, Mount, Usage
@@ -64,31 +68,27 @@ def labels_of(labels: Mapping[str, str] | None) -> Mapping[str, str] | None:
     return labels
 
 
-# -- times -------------------------------------------------------------------------
+# -- Info, Mount, Usage --------------------------------------------------------------
 
 
-def timestamp(ns: int) -> Timestamp:
-    """Nanoseconds since the epoch as a Timestamp, every nanosecond kept."""
-    return Timestamp(seconds=ns // _NS, nanos=ns % _NS)
+def info_messages(infos: list[Info]) -> list[bytes]:
+    """The List stream: ListSnapshotsResponse bytes of LIST_BATCH Infos each (none for none).
+
+    Encoded by snapcore.wire (about 7 us an Info as protobuf objects, well
+    under that there), with every nanosecond of the times and Kind's numbers,
+    which are containerd's.
+    """
+    return encode_info_messages(infos, LIST_BATCH)
+
+
+def info_message(info: Info) -> bytes:
+    """StatSnapshotResponse or UpdateSnapshotResponse bytes: both are ``Info info = 1``."""
+    return encode_info_messages((info,), 1)[0]
 
 
 def ns_of(ts: Timestamp) -> int:
     """A Timestamp as nanoseconds since the epoch."""
     return ts.seconds * _NS + ts.nanos
-
-
-# -- Info, Mount, Usage --------------------------------------------------------------
-
-
-def info_to_pb(info: Info) -> snapshots_pb2.Info:
-    return pb.Info(
-        name=info.name,
-        parent=info.parent,
-        kind=int(info.kind),  # type: ignore[arg-type]  # Kind's numbers are containerd's
-        created_at=timestamp(info.created_ns),
-        updated_at=timestamp(info.updated_ns),
-        labels=info.labels,
-    )
 
 
 def info_from_pb(msg: snapshots_pb2.Info) -> Info:
@@ -130,14 +130,6 @@ def usage_to_pb(usage: Usage) -> snapshots_pb2.UsageResponse:
 
 def usage_from_pb(msg: snapshots_pb2.UsageResponse) -> Usage:
     return Usage(msg.size, msg.inodes)
-
-
-def list_batches(infos: list[Info]) -> Iterable[snapshots_pb2.ListSnapshotsResponse]:
-    """The List stream: LIST_BATCH Infos a message, no message for an empty list."""
-    for start in range(0, len(infos), LIST_BATCH):
-        yield pb.ListSnapshotsResponse(
-            info=[info_to_pb(i) for i in infos[start : start + LIST_BATCH]]
-        )
 
 
 # -- errors ----------------------------------------------------------------------------

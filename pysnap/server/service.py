@@ -75,17 +75,18 @@ class SnapshotsService:
         self._sn.remove(r.key)
         return _EMPTY
 
-    def Stat(self, r: pb.StatSnapshotRequest) -> pb.StatSnapshotResponse:
-        return pb.StatSnapshotResponse(info=convert.info_to_pb(self._sn.stat(r.key)))
+    def Stat(self, r: pb.StatSnapshotRequest) -> bytes:  # a StatSnapshotResponse
+        return convert.info_message(self._sn.stat(r.key))
 
-    def Update(self, r: pb.UpdateSnapshotRequest) -> pb.UpdateSnapshotResponse:
+    def Update(self, r: pb.UpdateSnapshotRequest) -> bytes:  # an UpdateSnapshotResponse
         # No mask, or an empty one: every mutable field, which is the labels.
-        info = self._sn.update(convert.update_target(r.info), *r.update_mask.paths)
-        return pb.UpdateSnapshotResponse(info=convert.info_to_pb(info))
+        return convert.info_message(
+            self._sn.update(convert.update_target(r.info), *r.update_mask.paths)
+        )
 
-    def List(self, r: pb.ListSnapshotsRequest) -> Iterable[pb.ListSnapshotsResponse]:
+    def List(self, r: pb.ListSnapshotsRequest) -> list[bytes]:  # ListSnapshotsResponses
         # walk() is read in one transaction and raises before the first message.
-        return convert.list_batches(self._sn.walk(*r.filters))
+        return convert.info_messages(self._sn.walk(*r.filters))
 
     def Usage(self, r: pb.UsageRequest) -> pb.UsageResponse:
         return convert.usage_to_pb(self._sn.usage(r.key))
@@ -105,9 +106,9 @@ def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> NoRetu
 
 
 def _unary(
-    method: str, call: Callable[[Any], Message], request_cls: type[Message]
+    method: str, call: Callable[[Any], Message | bytes], request_cls: type[Message]
 ) -> grpc.RpcMethodHandler:
-    def handle(data: bytes, context: grpc.ServicerContext) -> Message:
+    def handle(data: bytes, context: grpc.ServicerContext) -> Message | bytes:
         try:
             return call(convert.parse(request_cls, data))
         except Exception as e:
@@ -117,9 +118,9 @@ def _unary(
 
 
 def _stream(
-    method: str, call: Callable[[Any], Iterable[Message]], request_cls: type[Message]
+    method: str, call: Callable[[Any], Iterable[bytes]], request_cls: type[Message]
 ) -> grpc.RpcMethodHandler:
-    def handle(data: bytes, context: grpc.ServicerContext) -> Iterator[Message]:
+    def handle(data: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         try:
             return iter(call(convert.parse(request_cls, data)))
         except Exception as e:
@@ -128,8 +129,9 @@ def _stream(
     return grpc.unary_stream_rpc_method_handler(handle, response_serializer=_serialize)
 
 
-def _serialize(msg: Message) -> bytes:
-    return msg.SerializeToString()
+def _serialize(msg: Message | bytes) -> bytes:
+    # Infos come encoded already (convert.info_message); the rest are messages.
+    return msg if type(msg) is bytes else msg.SerializeToString()  # type: ignore[union-attr]
 
 
 def generic_handler(sn: Snapshotter) -> grpc.GenericRpcHandler:
