@@ -167,3 +167,20 @@ def test_remote_namespace_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONTAINERD_NAMESPACE", "k8s.io")
     assert ns(snapshotter="overlayfs") == "k8s.io"
     assert ns(snapshotter="overlayfs", namespace="mine") == "mine"
+
+
+def test_without_the_server_extra(tmp_path: Path) -> None:
+    # grpc made unimportable: --print-config still works; serving and the
+    # remote mode say what is missing (UnimplementedError, exit 12).
+    code = f"""
+import sys
+sys.modules["grpc"] = None
+from pysnap.cli import main
+codes = [main(["--root", {str(tmp_path)!r}, "serve", "--print-config"]),
+         main(["--root", {str(tmp_path)!r}, "serve", "--address", {str(tmp_path / "s")!r}]),
+         main(["--address", {str(tmp_path / "s")!r}, "ls"])]
+print(codes)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.splitlines()[-1] == "[0, 12, 12]", r.stderr
+    assert r.stderr.count("pip install 'pysnap[server]'") == 2
