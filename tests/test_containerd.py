@@ -21,7 +21,7 @@ from containerd_env import (
     wait_until,
 )
 
-from pysnap import Kind
+from pysnap import Kind, mountinfo
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(bool(SKIP_REASON), reason=SKIP_REASON)]
 
@@ -95,3 +95,4 @@ def test_image_runs_and_the_collector_empties_the_root(tmp_path: Path) -> None:
         )
         assert cleanup.returncode == 0, cleanup.stderr
         assert snapshots_on_disk(env) == []
+        assert mountinfo.mounts_under(env.base) == []  # ctr run --rm unmounted the rootfs
