@@ -53,5 +53,6 @@ def snapshotter(args: argparse.Namespace) -> Iterator[OverlaySnapshotter]:
         with remote.open_remote(args) as remote_sn:
             yield remote_sn  # type: ignore[misc]
         return
-    with OverlaySnapshotter(args.root) as sn:
+    map_size = getattr(args, "map_size", None)
+    with OverlaySnapshotter(args.root, **({"map_size": map_size} if map_size else {})) as sn:
         yield sn
