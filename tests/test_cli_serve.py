@@ -30,10 +30,25 @@ def sockdir() -> Iterator[str]:
 
 
 def start_serve(
-    root: Path, address: str, *args: str, env: dict[str, str] | None = None
+    root: Path,
+    address: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    global_args: tuple[str, ...] = (),
 ) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pysnap", "serve", "--root", str(root), "--address", address, *args],
+        [
+            sys.executable,
+            "-m",
+            "pysnap",
+            *global_args,
+            "serve",
+            "--root",
+            str(root),
+            "--address",
+            address,
+            *args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -106,7 +121,9 @@ def test_a_second_server_is_refused_a_killed_ones_socket_is_replaced(
         first.kill()  # SIGKILL: its socket stays behind
         first.communicate(timeout=30)
     assert os.path.exists(address)
-    third = start_serve(tmp_path / "root", address, "--no-sync")
+    third = start_serve(
+        tmp_path / "root", address, "--no-sync", global_args=("--map-size", "12345678")
+    )
     try:
         assert health(address) == health_pb2.HealthCheckResponse.SERVING
     finally:

@@ -93,4 +93,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
         upperdir_label=args.upperdir_label,
         workers=args.workers,
         grace=args.grace,
+        map_size=getattr(args, "map_size", None),  # the global --map-size
     )

@@ -179,6 +179,7 @@ def serve(
     upperdir_label: bool = False,
     workers: int = DEFAULT_WORKERS,
     grace: float = DEFAULT_GRACE,
+    map_size: int | None = None,
 ) -> int:
     """Serve an OverlaySnapshotter on ``root`` at ``address`` until SIGTERM or SIGINT; 0.
 
@@ -199,6 +200,7 @@ def serve(
             async_remove=async_remove,
             mount_options=mount_options,
             upperdir_label=upperdir_label,
+            **({} if map_size is None else {"map_size": map_size}),
         ) as sn:
             server = SnapshotServer(sn, address, workers=workers)
             server.start()
