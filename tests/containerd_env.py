@@ -13,7 +13,7 @@ Use::
 
     pytestmark = pytest.mark.skipif(bool(SKIP_REASON), reason=SKIP_REASON)
 
-    def test_x(tmp_path):
+    def test_x(tmp_path, containerd):           # the fixture (conftest.py), or:
         image = build_busybox_image(tmp_path / "img", greeting="hi")
         with containerd_env() as env:            # containerd + pysnap serve, both running
             env.ctr("images", "import", "--snapshotter", "pysnap",
@@ -41,6 +41,8 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+
+import pytest
 
 from pysnap import mountinfo
 from pysnap.client import RemoteSnapshotter
@@ -246,6 +248,16 @@ def containerd_env(serve_args: Sequence[str] = ()) -> Iterator[ContainerdEnv]:
         env = ContainerdEnv(
             base, str(base / "c.sock"), pysnap_root, pysnap_address, containerd, pysnap
         )
+        yield env
+
+
+@pytest.fixture
+def containerd() -> Iterator[ContainerdEnv]:
+    """A ContainerdEnv for one test (conftest.py makes it every test's); skips where
+    containerd, runc, umoci or busybox is missing, or without root."""
+    if SKIP_REASON:
+        pytest.skip(SKIP_REASON)
+    with containerd_env() as env:
         yield env
 
 

@@ -30,32 +30,32 @@ def snapshots_on_disk(env: ContainerdEnv) -> list[str]:
     return sorted(p.name for p in (env.pysnap_root / "snapshots").iterdir())
 
 
-def test_ctr_snapshots_commands(tmp_path: Path) -> None:
-    with containerd_env() as env:
-        snap = ("snapshots", "--snapshotter", SNAPSHOTTER)
-        env.ctr(*snap, "prepare", "work")
-        (target := tmp_path / "t").mkdir()
-        mount_cmd = env.ctr(*snap, "mounts", str(target), "work").stdout
-        assert mount_cmd.startswith("mount -t bind ") and str(env.pysnap_root) in mount_cmd
-        env.ctr(*snap, "commit", "layer", "work")
-        env.ctr(*snap, "prepare", "child", "layer")
-        listing = env.ctr(*snap, "ls").stdout.splitlines()
-        rows = {line.split()[0]: line.split()[1:] for line in listing[1:]}
-        assert rows == {"layer": ["Committed"], "child": ["layer", "Active"]}
-        info = json.loads(env.ctr(*snap, "info", "child").stdout)
-        assert (info["Kind"], info["Name"], info["Parent"]) == ("Active", "child", "layer")
-        usage = env.ctr(*snap, "usage", "layer").stdout.splitlines()
-        assert usage[0].split() == ["KEY", "SIZE", "INODES"] and usage[1].split()[0] == "layer"
-        refused = env.ctr(*snap, "rm", "layer", check=False)
-        assert refused.returncode != 0 and "remove" in refused.stderr
-        # The backend holds containerd's own keys: namespace/id/key
-        with env.backend() as backend:
-            keys = {i.name: i.kind for i in backend.walk()}
-        assert sorted(k.split("/", 2)[2] for k in keys) == ["child", "layer"]
-        assert all(k.startswith("default/") for k in keys)
-        env.ctr(*snap, "rm", "child")
-        env.ctr(*snap, "rm", "layer")
-        assert env.ctr(*snap, "ls").stdout.splitlines()[1:] == []
+def test_ctr_snapshots_commands(tmp_path: Path, containerd: ContainerdEnv) -> None:
+    env = containerd
+    snap = ("snapshots", "--snapshotter", SNAPSHOTTER)
+    env.ctr(*snap, "prepare", "work")
+    (target := tmp_path / "t").mkdir()
+    mount_cmd = env.ctr(*snap, "mounts", str(target), "work").stdout
+    assert mount_cmd.startswith("mount -t bind ") and str(env.pysnap_root) in mount_cmd
+    env.ctr(*snap, "commit", "layer", "work")
+    env.ctr(*snap, "prepare", "child", "layer")
+    listing = env.ctr(*snap, "ls").stdout.splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in listing[1:]}
+    assert rows == {"layer": ["Committed"], "child": ["layer", "Active"]}
+    info = json.loads(env.ctr(*snap, "info", "child").stdout)
+    assert (info["Kind"], info["Name"], info["Parent"]) == ("Active", "child", "layer")
+    usage = env.ctr(*snap, "usage", "layer").stdout.splitlines()
+    assert usage[0].split() == ["KEY", "SIZE", "INODES"] and usage[1].split()[0] == "layer"
+    refused = env.ctr(*snap, "rm", "layer", check=False)
+    assert refused.returncode != 0 and "remove" in refused.stderr
+    # The backend holds containerd's own keys: namespace/id/key
+    with env.backend() as backend:
+        keys = {i.name: i.kind for i in backend.walk()}
+    assert sorted(k.split("/", 2)[2] for k in keys) == ["child", "layer"]
+    assert all(k.startswith("default/") for k in keys)
+    env.ctr(*snap, "rm", "child")
+    env.ctr(*snap, "rm", "layer")
+    assert env.ctr(*snap, "ls").stdout.splitlines()[1:] == []
 
 
 def test_image_runs_and_the_collector_empties_the_root(tmp_path: Path) -> None:
