@@ -1,7 +1,15 @@
-"""OverlaySnapshotter: the behaviours containerd's snapshot testsuite checks, on real mounts."""
+"""The behaviours containerd's snapshot testsuite checks, on real mounts.
+
+Every test that takes ``sn`` or ``open_sn`` runs twice, as uvloop runs one
+suite on two loops: on an OverlaySnapshotter in process ("local"), and on a
+RemoteSnapshotter talking to ``pysnap serve``'s service over a unix socket
+("remote"). Tests of options the server does not pass, of reopening and of
+crashes stay in process.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import hashlib
@@ -12,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from served import served_snapshotter
 
 from pysnap import Info, Kind, Mount, OverlaySnapshotter, Usage, mounted
 from pysnap.errors import (
@@ -26,10 +35,22 @@ from pysnap.overlay import UPPERDIR_LABEL
 Applier = Callable[[Path], None]
 
 
+IMPLS: dict[str, Callable[..., contextlib.AbstractContextManager[OverlaySnapshotter]]] = {
+    "local": OverlaySnapshotter,
+    "remote": served_snapshotter,  # type: ignore[dict-item]  # the same API
+}
+
+
+@pytest.fixture(params=IMPLS)
+def open_sn(request: pytest.FixtureRequest) -> Iterator[Callable[..., OverlaySnapshotter]]:
+    """``open_sn(root, **options)``: a snapshotter of this run's kind, closed at teardown."""
+    with contextlib.ExitStack() as stack:
+        yield lambda root, **options: stack.enter_context(IMPLS[request.param](root, **options))
+
+
 @pytest.fixture
-def sn(tmp_path: Path) -> Iterator[OverlaySnapshotter]:
-    with OverlaySnapshotter(tmp_path / "root", sync=False) as s:
-        yield s
+def sn(open_sn: Callable[..., OverlaySnapshotter], tmp_path: Path) -> OverlaySnapshotter:
+    return open_sn(tmp_path / "root", sync=False)
 
 
 # -- helpers -----------------------------------------------------------------
@@ -194,6 +215,38 @@ def test_commit_error_order(sn: OverlaySnapshotter) -> None:
         sn.commit("x", "taken")
 
 
+def test_commit_with_parent_rebases_a_parentless_snapshot(sn: OverlaySnapshotter) -> None:
+    # containerd 2.2's storage rules (bolt.go CommitActive), for parallel unpack
+    sn.prepare("base")
+    sn.commit("p", "base")
+    sn.prepare("other")
+    sn.commit("q", "other")
+    sn.prepare("layer")  # prepared without a parent
+    sn.prepare("child", "p")
+    sn.prepare("not-committed")
+    before = store_state(sn)
+    for kind, parent in (
+        (InvalidArgumentError, "q"),  # child's parent is p: "cannot change parent"
+        (NotFoundError, "missing"),
+        (FailedPreconditionError, "not-committed"),
+    ):
+        key = "child" if kind is InvalidArgumentError else "layer"
+        with pytest.raises(kind, match="cannot change parent" if key == "child" else None):
+            sn.commit("c", key, parent=parent)
+        assert store_state(sn) == before
+    sn.commit("c", "layer", parent="p")
+    sn.commit("c2", "child", parent="p")  # the parent it has already: accepted
+    assert (sn.stat("c").parent, sn.stat("c2").parent) == ("p", "p")
+    with pytest.raises(FailedPreconditionError, match="cannot remove"):
+        sn.remove("p")  # the rebased snapshot is a child of p
+    (mount,) = sn.view("v", "c")
+    snaps = os.path.join(sn.root, "snapshots")
+    assert f"lowerdir={snaps}/3/fs:{snaps}/1/fs" in mount.options  # c's layer, then p's
+    for key in ("v", "c", "c2"):
+        sn.remove(key)
+    sn.remove("p")
+
+
 def test_commit_stores_usage_and_usage_kinds(sn: OverlaySnapshotter) -> None:
     sn.prepare("a")
     upper = Path(sn.root, "snapshots", "1", "fs")
@@ -248,8 +301,8 @@ def test_labels_limits(sn: OverlaySnapshotter) -> None:
     assert store_state(sn)[1] == ["1"]
 
 
-def test_upperdir_label(tmp_path: Path) -> None:
-    with OverlaySnapshotter(tmp_path / "r", sync=False, upperdir_label=True) as s:
+def test_upperdir_label(open_sn: Callable[..., OverlaySnapshotter], tmp_path: Path) -> None:
+    with contextlib.closing(open_sn(tmp_path / "r", sync=False, upperdir_label=True)) as s:
         s.prepare("a", labels={"x": "y"})
         upper = os.path.join(s.root, "snapshots", "1", "fs")
         assert s.stat("a").labels == {"x": "y", UPPERDIR_LABEL: upper}
@@ -293,34 +346,34 @@ def test_walk_filters(sn: OverlaySnapshotter) -> None:
 # -- mount layouts -------------------------------------------------------------
 
 
-def test_mount_layouts(tmp_path: Path) -> None:
-    with OverlaySnapshotter(tmp_path / "r", sync=False, mount_options=("index=on",)) as s:
-        snaps = os.path.join(s.root, "snapshots")
-        assert s.prepare("a") == [Mount("bind", f"{snaps}/1/fs", ("rw", "rbind"))]
-        assert s.view("va") == [Mount("bind", f"{snaps}/2/fs", ("ro", "rbind"))]
-        s.commit("c1", "a")
-        assert s.view("v1", "c1") == [Mount("bind", f"{snaps}/1/fs", ("ro", "rbind"))]
-        assert s.prepare("b", "c1") == [
-            Mount(
-                "overlay",
-                "overlay",
-                (
-                    f"workdir={snaps}/4/work",
-                    f"upperdir={snaps}/4/fs",
-                    f"lowerdir={snaps}/1/fs",
-                    "index=on",
-                ),
-            )
-        ]
-        s.commit("c2", "b")
-        assert s.view("v2", "c2") == [
-            Mount("overlay", "overlay", (f"lowerdir={snaps}/4/fs:{snaps}/1/fs", "index=on"))
-        ]
-        assert s.mounts("v2") == s.mounts("v2")
-        with pytest.raises(FailedPreconditionError):
-            s.mounts("c2")
-        with pytest.raises(NotFoundError):
-            s.mounts("nope")
+def test_mount_layouts(open_sn: Callable[..., OverlaySnapshotter], tmp_path: Path) -> None:
+    s = open_sn(tmp_path / "r", sync=False, mount_options=("index=on",))
+    snaps = os.path.join(s.root, "snapshots")
+    assert s.prepare("a") == [Mount("bind", f"{snaps}/1/fs", ("rw", "rbind"))]
+    assert s.view("va") == [Mount("bind", f"{snaps}/2/fs", ("ro", "rbind"))]
+    s.commit("c1", "a")
+    assert s.view("v1", "c1") == [Mount("bind", f"{snaps}/1/fs", ("ro", "rbind"))]
+    assert s.prepare("b", "c1") == [
+        Mount(
+            "overlay",
+            "overlay",
+            (
+                f"workdir={snaps}/4/work",
+                f"upperdir={snaps}/4/fs",
+                f"lowerdir={snaps}/1/fs",
+                "index=on",
+            ),
+        )
+    ]
+    s.commit("c2", "b")
+    assert s.view("v2", "c2") == [
+        Mount("overlay", "overlay", (f"lowerdir={snaps}/4/fs:{snaps}/1/fs", "index=on"))
+    ]
+    assert s.mounts("v2") == s.mounts("v2")
+    with pytest.raises(FailedPreconditionError):
+        s.mounts("c2")
+    with pytest.raises(NotFoundError):
+        s.mounts("nope")
 
 
 def test_index_off_added_when_kernel_has_it(sn: OverlaySnapshotter) -> None:
@@ -614,32 +667,73 @@ def test_ids_never_reused_across_reopen(tmp_path: Path) -> None:
 def test_filesystem_without_d_type_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # No filesystem without d_type can be made here (xfs ftype=0 needs a v4
     # filesystem this kernel lacks), so the probe's answer is substituted.
-    from pysnap import overlay
+    from pysnap import kernel
 
-    assert overlay.du.supports_d_type(str(tmp_path))  # ext4 and tmpfs report d_type
-    monkeypatch.setattr(overlay.du, "supports_d_type", lambda path: False)
+    assert kernel.supports_d_type(str(tmp_path))  # ext4 and tmpfs report d_type
+    monkeypatch.setattr(kernel, "supports_d_type", lambda path: False)
     with pytest.raises(FailedPreconditionError, match="d_type"):
         OverlaySnapshotter(tmp_path / "r")
     assert not (tmp_path / "r" / "metadata.lmdb").exists()
+    assert not (tmp_path / "r" / "snapshots").exists()  # a retry probes again
 
 
-def test_open_survives_concurrent_cleanup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The d_type probe of an open must not sit where cleanup() reaps orphans:
-    # a cleanup run by another process while this one opens would delete it.
+def test_create_survives_concurrent_cleanup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The d_type probe of a new root must not sit where cleanup() reaps
+    # orphans: another process that opens the root meanwhile and cleans up
+    # would delete it.
     import subprocess
     import sys
     import tempfile
 
     root = tmp_path / "r"
-    OverlaySnapshotter(root, sync=False).close()
     cleanup = f"import pysnap; pysnap.OverlaySnapshotter({str(root)!r}).cleanup()"
     real_mkdtemp = tempfile.mkdtemp
+    probes: list[str] = []
 
     def mkdtemp_then_cleanup(*args: object, **kwargs: object) -> object:
         path = real_mkdtemp(*args, **kwargs)  # type: ignore[call-overload]
         if os.fsdecode(os.path.basename(path)).startswith("d_type-test-"):
+            probes.append(path)
             subprocess.run([sys.executable, "-c", cleanup], check=True)
         return path
 
     monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp_then_cleanup)
     OverlaySnapshotter(root, sync=False).close()
+    assert len(probes) == 1
+    assert sorted(os.listdir(root / "snapshots")) == []
+
+
+@pytest.mark.root
+def test_open_of_an_existing_root_writes_nothing(tmp_path: Path) -> None:
+    """The d_type probe runs once, when the root is created: on a file system
+    without a free inode an existing root still opens, reads and removes."""
+    from pysnap.mounts import unmount_all
+    from snapcore import mount as _sys
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    _sys.mount("tmpfs", disk, "tmpfs", 0, "size=16m,nr_inodes=64")
+    try:
+        root = disk / "r"
+        with OverlaySnapshotter(root, sync=False) as s:
+            s.prepare("a")
+            s.commit("base", "a")
+            s.prepare("b", parent="base")
+        files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+        n = 0
+        with contextlib.suppress(OSError):  # ENOSPC: no inode left
+            while True:
+                (disk / f"fill-{n}").touch()
+                n += 1
+        with pytest.raises(OSError):
+            (disk / "one-more").mkdir()
+        with OverlaySnapshotter(root, sync=False) as s:
+            assert sorted(i.name for i in s.walk()) == ["b", "base"]
+            s.remove("b")
+        assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == [
+            f for f in files if not f.startswith("snapshots/2")
+        ]
+    finally:
+        unmount_all(disk, detach=True)
