@@ -231,14 +231,15 @@ class OverlaySnapshotter:
         storage.validate_labels(labels)
         with self._ms.transaction() as tx:
             sid, info, _ = storage.get_info(tx, key)  # one record, not the parent chain
-        with guard.exclusive(
-            self._dir(sid), "commit", key, shared=True
-        ):  # no apply of it meanwhile
+        # no apply of it meanwhile, nor after a killed one
+        with guard.exclusive(self._dir(sid), "commit", key, shared=True):
             if info.kind == Kind.ACTIVE:
                 guard.refuse_interrupted(self._dir(sid), "commit", key)
-            self._commit(name, key, labels, sid, info)
+            self._commit(name, key, labels, parent, sid, info)
 
-    def _commit(self, name: str, key: str, labels: Labels, sid: int, info: Info) -> None:
+    def _commit(
+        self, name: str, key: str, labels: Labels, parent: str | None, sid: int, info: Info
+    ) -> None:
         usage = Usage()
         if info.kind == Kind.ACTIVE:
             # The walk runs outside the write transaction; commit_active checks
