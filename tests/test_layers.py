@@ -523,6 +523,9 @@ def test_cli_apply_and_diff(sn, tmp_path: Path, capsys) -> None:
     )
     assert normalised((tmp_path / "out.tar").read_bytes())[0][0] == "a"
     assert main(["--root", root, "apply", "nope", str(tmp_path / "l.tar")]) == 3
+    remote = ["--address", str(tmp_path / "no.sock")]
+    assert main([*remote, "apply", "k", str(tmp_path / "l.tar")]) == 12  # local only
+    assert main([*remote, "diff", "k", str(tmp_path / "x")]) == 12
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import sys
 from typing import IO
 
 from ..archive import Layer
+from ..errors import UnimplementedError
 from ._common import AddCommand, snapshotter
 from ._output import print_json, table
 
@@ -40,7 +41,16 @@ def _report(args: argparse.Namespace, layer: Layer, out: IO[str]) -> None:
         table([[k.upper().replace("_", " "), str(v)] for k, v in fields.items()], out)
 
 
+def _refuse_remote(args: argparse.Namespace) -> None:
+    if getattr(args, "address", None):
+        raise UnimplementedError(
+            "apply and diff work on a local root only (they read and write the upper "
+            "directory itself; the snapshot API has no call for them)"
+        )
+
+
 def cmd_apply(args: argparse.Namespace) -> None:
+    _refuse_remote(args)
     with snapshotter(args) as sn:
         source = sys.stdin.buffer if args.layer == "-" else args.layer
         layer = sn.apply(args.key, source, diff_id=args.diff_id, sync=args.sync, force=args.force)
@@ -48,6 +58,7 @@ def cmd_apply(args: argparse.Namespace) -> None:
 
 
 def cmd_diff(args: argparse.Namespace) -> None:
+    _refuse_remote(args)
     compression = None if args.compression == "none" else args.compression
     with snapshotter(args) as sn:
         target = sys.stdout.buffer if args.out == "-" else args.out
