@@ -592,6 +592,22 @@ def test_async_remove_leaves_dirs_for_cleanup(tmp_path: Path) -> None:
         assert [i.name for i in s.walk()] == ["b"]
 
 
+def test_cleanup_returns_what_it_removes_and_dry_run_what_it_would(tmp_path: Path) -> None:
+    with OverlaySnapshotter(tmp_path / "r", sync=False, async_remove=True) as s:
+        s.prepare("keep")
+        s.prepare("gone")
+        s.remove("gone")
+        snaps = Path(s.root, "snapshots")
+        (snaps / "new-crashed" / "fs").mkdir(parents=True)
+        (snaps / "7").mkdir()
+        orphans = [str(snaps / n) for n in ("2", "7", "new-crashed")]
+        assert s.cleanup(dry_run=True) == orphans
+        assert sorted(os.listdir(snaps)) == ["1", "2", "7", "new-crashed"]  # nothing changed
+        assert s.cleanup() == orphans
+        assert os.listdir(snaps) == ["1"]
+        assert s.cleanup() == s.cleanup(dry_run=True) == []
+
+
 def test_leftover_dir_of_crashed_create_is_replaced(tmp_path: Path) -> None:
     with OverlaySnapshotter(tmp_path / "r", sync=False) as s:
         snaps = Path(s.root, "snapshots")
