@@ -7,9 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import pty
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -17,8 +15,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from interrupts import interrupt_at, pysnap_command, read_until, spawn_in_pty, wait_exit
+from mountpoints import detach_all_under, is_mounted
 
-from pysnap import errors
+from pysnap import errors, mountinfo
 from pysnap.cli import build_parser, human_size, main, rfc3339
 from pysnap.cli import du as cli_du
 
@@ -49,12 +49,6 @@ def jrun(run: Run, *argv: str) -> object:
     code, out, err = run("--json", *argv)
     assert code == 0, err
     return json.loads(out)
-
-
-def pysnap_command() -> list[str]:
-    """The installed console script, or the module when it is not on disk."""
-    script = Path(sys.executable).with_name("pysnap")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "pysnap"]
 
 
 def chain(run: Run) -> None:
@@ -121,6 +115,21 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     assert "usage:" in err
 
 
+@pytest.mark.parametrize("argv", [["bogus"], ["prepare"], ["label", "k", "=v"], ["du"]])
+def test_usage_errors_under_json_are_json(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    for args in (["--json", *argv], [*argv, "--json"]):
+        assert main(args) == 2
+        out, err = capsys.readouterr()
+        assert out == ""
+        doc = json.loads(err)["error"]
+        assert doc["code"] == "usage" and doc["exit_code"] == 2
+        assert doc["message"].startswith("pysnap")
+    assert main(["bogus", "--", "--json"]) == 2  # after --, --json is an operand
+    assert "usage:" in capsys.readouterr().err
+
+
 def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out, _ = capsys.readouterr()
@@ -149,6 +158,11 @@ def test_keyboard_interrupt_exit_130(run: Run, monkeypatch: pytest.MonkeyPatch) 
     code, _, err = run("du", ".")
     assert code == 130
     assert "Traceback" not in err
+    code, out, err = run("--json", "du", ".")
+    assert (code, out) == (130, "")
+    assert json.loads(err) == {
+        "error": {"code": "interrupted", "message": "interrupted", "exit_code": 130}
+    }
 
 
 def test_json_error_on_stderr(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -214,6 +228,48 @@ def test_du_table(run: Run, du_tree: Path) -> None:
     assert lines[2].split()[0] == str(du_tree / "d1")
     code, out, _ = run("du", str(du_tree))
     assert human_size(size) in out
+
+
+def test_du_measures_what_it_can_and_reports_the_rest(
+    run: Run, du_tree: Path, tmp_path: Path
+) -> None:
+    """As GNU du: a path that fails is reported, the others are printed, exit non-zero."""
+    missing = str(tmp_path / "missing")
+    code, out, err = run("du", "-b", str(du_tree), missing, str(du_tree / "d1"))
+    assert code == 7
+    assert [line.split()[0] for line in out.splitlines()] == [
+        "PATH",
+        str(du_tree),
+        str(du_tree / "d1"),
+    ]
+    assert out.splitlines()[1].split()[1] == str(gnu_du("--block-size=512", str(du_tree)) * 512)
+    assert err.count("\n") == 1 and missing in err
+    code, out, err = run("--json", "du", missing, str(du_tree))
+    assert code == 7
+    assert [d["path"] for d in json.loads(out)] == [str(du_tree)]
+    assert json.loads(err)["error"]["code"] == "ENOENT"
+
+
+def test_du_non_utf8_path_prints_escaped_under_strict_utf8(tmp_path: Path) -> None:
+    top = tmp_path / os.fsdecode(b"caf\xe9-\xff")  # Latin-1 bytes: not UTF-8
+    top.mkdir()
+    (top / "f").write_bytes(b"x" * 5000)
+    escaped = str(tmp_path) + "/caf\\xe9-\\xff"
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+
+    def du(*argv: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*pysnap_command(), *argv], capture_output=True, env=env, timeout=60)
+
+    p = du("du", "-b", str(top))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.decode("utf-8").splitlines()[1].split()[0] == escaped
+    p = du("--json", "du", str(top))
+    assert p.returncode == 0, p.stderr
+    (doc,) = json.loads(p.stdout.decode("utf-8"))  # strict: valid UTF-8
+    assert doc["path"] == escaped and doc["inodes"] == 2
+    p = du("--json", "du", str(top / os.fsdecode(b"gone-\xff")))
+    assert p.returncode == 7
+    assert json.loads(p.stderr.decode("utf-8"))["error"]["code"] == "ENOENT"
 
 
 def test_du_missing_path_exit_7(run: Run, tmp_path: Path) -> None:
@@ -389,12 +445,27 @@ def test_rm_and_cleanup(run: Run, root: str) -> None:
     code, _, err = run("rm", "gone-1", "gone-2")  # every failure is reported
     assert code == 3
     assert "gone-1" in err and "gone-2" in err
-    code, _, _ = run("rm", "layer-1", "base")
+    code, out, _ = run("rm", "layer-1", "base")
     assert code == 0
+    assert out.splitlines() == ["removed layer-1", "removed base"]
     assert jrun(run, "ls") == []
-    os.makedirs(os.path.join(root, "snapshots", "999", "fs"))
-    assert run("cleanup")[0] == 0
-    assert not os.path.exists(os.path.join(root, "snapshots", "999"))
+    orphan = os.path.join(root, "snapshots", "999")
+    os.makedirs(os.path.join(orphan, "fs"))
+    assert run("cleanup", "--dry-run") == (0, f"would remove {orphan}\n", "")
+    assert os.path.isdir(orphan)
+    assert jrun(run, "cleanup", "-n") == {"dry_run": True, "removed": [orphan]}
+    assert run("cleanup") == (0, f"removed {orphan}\n", "")
+    assert not os.path.exists(orphan)
+    assert run("cleanup") == (0, "", "")
+    assert jrun(run, "cleanup") == {"dry_run": False, "removed": []}
+
+
+def test_rm_json_lists_what_it_removed(run: Run) -> None:
+    chain(run)
+    code, out, err = run("--json", "rm", "ro", "nope", "work")
+    assert code == 3
+    assert json.loads(out) == {"removed": ["ro", "work"]}
+    assert json.loads(err)["error"]["code"] == "not_found"
 
 
 @pytest.mark.parametrize(
@@ -424,8 +495,40 @@ def test_exit_code_per_error_kind(run: Run, argv: list[str], code: int, kind: st
     assert err.startswith(f"pysnap: {argv[0]}: ")
     got, out, err = run("--json", *argv)
     assert got == code
-    assert out == ""
+    if argv[0] == "rm":  # rm reports what it did remove: here nothing
+        assert json.loads(out) == {"removed": []}
+    else:
+        assert out == ""
     assert json.loads(err)["error"]["code"] == kind
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ls"],
+        ["info", "k"],
+        ["usage"],
+        ["tree"],
+        ["cleanup"],
+        ["rm", "k"],
+        ["label", "k"],
+        ["commit", "n", "k"],
+        ["mounts", "/mnt", "k"],
+    ],
+)
+def test_only_prepare_and_view_make_a_root(run: Run, root: str, argv: list[str]) -> None:
+    """A mistyped --root is reported (not found), not shown as an empty store of its own."""
+    code, out, err = run(*argv)
+    assert (code, out) == (3, "")
+    assert f"no pysnap root at {root!r}" in err
+    assert not os.path.exists(root)
+    os.mkdir(root)  # a directory that holds no store is no root either
+    code, out, err = run("--json", *argv)
+    assert (code, out) == (3, "")
+    assert json.loads(err)["error"]["code"] == "not_found"
+    assert os.listdir(root) == []
+    assert run("view", "v")[0] == 0
+    assert run(*argv)[0] in (0, 3)  # now a root: at most the key is missing
 
 
 def test_oserror_exit_7(run: Run, tmp_path: Path) -> None:
@@ -443,7 +546,7 @@ def test_root_from_environment(run: Run, tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("PYSNAP_ROOT", str(env_root))
     assert run("prepare", "e", use_root=False)[0] == 0
     assert env_root.is_dir()
-    assert [d["name"] for d in jrun(run, "ls")] == []  # --root wins over the variable
+    assert run("ls")[0] == 3  # --root wins over the variable (and names no root)
     _, out, _ = run("ls", use_root=False)
     assert "e" in out.split()
 
@@ -484,8 +587,9 @@ def test_subprocess_main_flow(tmp_path: Path) -> None:
     assert p.returncode == 5
     p = sub("--json", "ls", "name==", env=env)
     assert p.returncode == 6 and json.loads(p.stderr)["error"]["code"] == "invalid_argument"
+    assert sub("--root", str(tmp_path / "other"), "prepare", "o", env=env).returncode == 0
     p = sub("--root", str(tmp_path / "other"), "ls", env=env)  # --root wins
-    assert p.returncode == 0 and p.stdout.split() == ["KEY", "PARENT", "KIND"]
+    assert p.returncode == 0 and p.stdout.split() == ["KEY", "PARENT", "KIND", "o", "active"]
     p = sub("rm", "v", "layer", env=env)
     assert p.returncode == 0
     p = sub("frobnicate", env=env)
@@ -505,12 +609,24 @@ def test_python_dash_m(tmp_path: Path, du_tree: Path) -> None:
     assert json.loads(p.stdout)[0]["path"] == str(du_tree)
 
 
+def test_mount_takes_target_then_key(run: Run, tmp_path: Path) -> None:
+    args = build_parser().parse_args(["mount", "/mnt/t", "k"])
+    assert (args.target, args.key) == ("/mnt/t", "k")
+    target = str(tmp_path / "no such dir")
+    run("prepare", "a")
+    for command in ("mount", "mounts"):
+        code, out, err = run(command, "a", target)  # the order before ctr's
+        assert (code, out) == (2, "")
+        assert f"did you mean `pysnap {command} '{target}' a`" in err
+        code, _, err = run("--json", command, "a", target)
+        assert code == 2
+        assert json.loads(err)["error"]["code"] == "usage"
+        code, _, err = run(command, target, "b")  # neither is a key: the key is not found
+        assert code == 3 and "did you mean" not in err
+    assert not os.path.exists(target)
+
+
 # ------------------------------------------------------- mounts, as root
-
-
-def _mounted(path: str) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
 
 
 @pytest.fixture
@@ -518,8 +634,7 @@ def targets(tmp_path: Path) -> Iterator[list[str]]:
     made: list[str] = []
     yield made
     for t in reversed(made):
-        while _mounted(t):
-            subprocess.run(["umount", "-l", t], check=False)
+        detach_all_under(t)
 
 
 @pytest.mark.root
@@ -528,22 +643,22 @@ def test_mount_and_unmount(run: Run, tmp_path: Path, targets: list[str]) -> None
     os.mkdir(t)
     targets.append(t)
     assert run("prepare", "a")[0] == 0
-    code, _, err = run("mount", "a", t)
+    code, _, err = run("mount", t, "a")
     assert code == 0, err
-    assert _mounted(t)
+    assert is_mounted(t)
     Path(t, "hello").write_text("layer a\n")
     assert run("unmount", t)[0] == 0
-    assert not _mounted(t)
+    assert not is_mounted(t)
     assert run("commit", "la", "a")[0] == 0
     assert run("prepare", "b", "la")[0] == 0
-    assert run("mount", "b", t)[0] == 0
+    assert run("mount", t, "b")[0] == 0
     assert Path(t, "hello").read_text() == "layer a\n"
     Path(t, "hello").unlink()
     Path(t, "new").write_text("b\n")
     assert run("unmount", t)[0] == 0
     assert run("commit", "lb", "b")[0] == 0
     assert run("view", "v", "lb")[0] == 0
-    assert run("mount", "v", t)[0] == 0
+    assert run("mount", t, "v")[0] == 0
     assert sorted(os.listdir(t)) == ["new"]
     with pytest.raises(OSError):
         Path(t, "x").write_text("read-only")
@@ -560,12 +675,12 @@ def test_subprocess_mount_unmount(tmp_path: Path, targets: list[str]) -> None:
     os.mkdir(t)
     targets.append(t)
     assert sub("prepare", "a", env=env).returncode == 0
-    p = sub("mount", "a", t, env=env)
+    p = sub("mount", t, "a", env=env)
     assert p.returncode == 0, p.stderr
-    assert _mounted(t)
+    assert is_mounted(t)
     p = sub("unmount", t, env=env)
     assert p.returncode == 0, p.stderr
-    assert not _mounted(t)
+    assert not is_mounted(t)
 
 
 @pytest.mark.root
@@ -578,13 +693,89 @@ def test_demo_leaves_nothing_behind(tmp_path: Path) -> None:
     assert "layer-3" in p.stdout and "nothing left behind" in p.stdout
     assert list(tmp.iterdir()) == []  # no folder
     assert not (tmp_path / "configured").exists()  # never the configured store
-    with open("/proc/self/mountinfo") as f:
-        assert str(tmp) not in f.read()  # no mount
+    assert mountinfo.mounts_under(tmp) == []  # no mount
     p = sub("--json", "demo", env=env)
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     assert [layer["name"] for layer in doc["layers"]] == ["layer-1", "layer-2", "layer-3"]
     assert doc["removed"] is True
+    assert list(tmp.iterdir()) == []
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("parent", [False, True], ids=["bind", "overlay"])
+def test_commit_and_rm_refuse_a_mounted_snapshot(
+    tmp_path: Path, targets: list[str], capsys: pytest.CaptureFixture[str], parent: bool
+) -> None:
+    # Spaces in the paths: mountinfo shows them octal-escaped (\\040).
+    root = str(tmp_path / "a root")
+    t = str(tmp_path / "the target")
+    os.mkdir(t)
+    targets.append(t)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(["--root", root, *argv])
+        return (code, *capsys.readouterr())
+
+    base = ""
+    if parent:
+        assert run("prepare", "b") == (0, "", "")
+        assert run("commit", "base", "b") == (0, "", "")
+        base = "base"
+    assert run("prepare", "a", base)[0] == 0
+    assert run("mount", t, "a")[0] == 0
+    for argv in (["commit", "la", "a"], ["rm", "a"]):
+        code, out, err = run(*argv)
+        assert (code, out) == (5, "")
+        assert f"it is mounted at {t}" in err and "--force" in err
+        code, out, _ = run("--json", "info", "a")
+        assert json.loads(out)["kind"] == "active"  # nothing changed
+    if parent:
+        code, out, err = run("rm", "base")  # a committed layer: refused for its child
+        assert code == 5
+    assert run("unmount", t)[0] == 0
+    assert run("commit", "la", "a") == (0, "", "")
+    assert run("view", "v", "la")[0] == 0
+    assert run("mount", t, "v")[0] == 0
+    # A view owns no layer of its mount (it mounts la's), so it goes; la then has
+    # no child, but its layer is still mounted.
+    assert run("rm", "v") == (0, "removed v\n", "")
+    code, out, err = run("rm", "la")
+    assert code == 5 and f"it is mounted at {t}" in err
+    assert run("unmount", t)[0] == 0
+    assert run("prepare", "c", "la")[0] == 0
+    assert run("mount", t, "c")[0] == 0
+    assert run("commit", "--force", "lc", "c") == (0, "", "")
+    assert run("rm", "lc")[0] == 5
+    assert run("rm", "-f", "lc") == (0, "removed lc\n", "")
+    assert run("unmount", t)[0] == 0
+    assert run("rm", "la") == (0, "removed la\n", "")
+
+
+# Where a Ctrl-C can stop the demo: making its root; making a mount point; a
+# layer mounted and written; a commit; the view mounted and read; its removal.
+DEMO_STOPS = {
+    "root": [("c_return", "mkdir")],
+    "mount point": [("call", "mounted"), ("c_return", "mkdir")],
+    "writing": [("call", "_apply")],
+    "commit": [("call", "OverlaySnapshotter.commit")],
+    "second layer": [("call", "_apply"), ("call", "_apply")],
+    "view": [("call", "_contents")],
+    "remove": [("call", "OverlaySnapshotter.remove")],
+}
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("stop", list(DEMO_STOPS))
+def test_demo_interrupted_leaves_nothing_behind(tmp_path: Path, stop: str) -> None:
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    got = interrupt_at(["demo"], DEMO_STOPS[stop], env=env)
+    assert got.reached, got.stderr
+    assert got.returncode == 130, got.stderr
+    assert "Traceback" not in got.stderr and "interrupted" in got.stderr
+    assert mountinfo.mounts_under(tmp) == []
     assert list(tmp.iterdir()) == []
 
 
@@ -606,44 +797,6 @@ def big_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 BIG_DIRS = 20
 
 
-def spawn_in_pty(argv: list[str]) -> tuple[int, int]:
-    """Run argv with a new pseudo-terminal as its controlling terminal."""
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: exec at once, nothing else
-        try:
-            os.execv(argv[0], argv)
-        finally:
-            os._exit(127)
-    return pid, fd
-
-
-def read_until(fd: int, pattern: re.Pattern[bytes], buf: bytearray) -> re.Match[bytes] | None:
-    """Read the pty into buf until pattern matches or the child closes it.
-
-    The select timeout only keeps a broken child from hanging the suite."""
-    while not (m := pattern.search(buf)):
-        ready, _, _ = select.select([fd], [], [], 60)
-        if not ready:
-            return None
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError as e:  # EIO: the child closed the terminal
-            if e.errno == errno.EIO:
-                return None
-            raise
-        if not chunk:
-            return None
-        buf += chunk
-    return m
-
-
-def wait_exit(pid: int, fd: int, buf: bytearray) -> int:
-    read_until(fd, re.compile(rb"(?!)"), buf)  # drain to EOF
-    os.close(fd)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
 PROGRESS = re.compile(rb"du [^:\r\n]*: [\d,]+ files, [\d.]+ \w+")
 
 
@@ -657,6 +810,27 @@ def test_progress_on_a_terminal(big_tree: Path) -> None:
     text = bytes(buf).decode()
     doc = json.loads(text[text.rindex("\x1b[K") + 3 :])
     assert doc[0]["inodes"] == BIG_DIRS * 1000 + BIG_DIRS + 1
+
+
+def test_progress_fits_the_terminal(big_tree: Path) -> None:
+    long_path = str(big_tree) + "/" + "/".join(["."] * 40)  # the same tree, a long name
+    pid, fd = spawn_in_pty([*pysnap_command(), "du", long_path], columns=40)
+    buf = bytearray()
+    assert wait_exit(pid, fd, buf) == 0, bytes(buf)
+    lines = [p for p in bytes(buf).split(b"\r\x1b[K") if b" files, " in p]
+    assert lines, bytes(buf)
+    for line in lines:
+        assert len(line.decode()) <= 39, line  # the last column stays free: no wrap
+        assert re.search(rb": [\d,]+ files, [\d.]+ \w+$", line), line
+
+
+def test_no_progress_on_a_dumb_terminal(big_tree: Path) -> None:
+    env = {**os.environ, "TERM": "dumb"}
+    pid, fd = spawn_in_pty([*pysnap_command(), "du", str(big_tree)], env=env)
+    buf = bytearray()
+    assert wait_exit(pid, fd, buf) == 0, bytes(buf)
+    assert b"\x1b" not in buf and b" files, " not in buf
+    assert str(big_tree).encode() in buf
 
 
 def test_no_progress_without_terminal(big_tree: Path) -> None:

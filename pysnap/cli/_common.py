@@ -1,11 +1,16 @@
-"""What several subcommand modules share: label arguments and opening the root."""
+"""What several subcommand modules share: label arguments, opening the root, and
+telling whether a snapshot's directory is mounted."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
+
+from .. import mountinfo
+from ..errors import FailedPreconditionError, NotFoundError
 
 if TYPE_CHECKING:
     from ..overlay import OverlaySnapshotter
@@ -43,9 +48,48 @@ def label_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+# The metadata store in a root (pysnap.metastore's layout): a root without it is
+# not a pysnap root.
+_STORE = "metadata.lmdb"
+
+
 @contextlib.contextmanager
-def snapshotter(args: argparse.Namespace) -> Iterator[OverlaySnapshotter]:
+def snapshotter(
+    args: argparse.Namespace, *, create: bool = False, upperdir_label: bool = False
+) -> Iterator[OverlaySnapshotter]:
+    """The snapshotter of ``--root``. Only ``create`` (prepare, view) makes a new root:
+    elsewhere a mistyped ``--root`` would show, or clean, an empty store of its own."""
     from ..overlay import OverlaySnapshotter  # imported late: `du` needs only snapcore
 
-    with OverlaySnapshotter(args.root) as sn:
+    if not create:
+        try:
+            os.stat(os.path.join(args.root, _STORE))
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"no pysnap root at {args.root!r} (see --root and $PYSNAP_ROOT; "
+                "prepare or view makes one)"
+            ) from None
+    with OverlaySnapshotter(args.root, upperdir_label=upperdir_label) as sn:
         yield sn
+
+
+def refuse_if_mounted(sn: OverlaySnapshotter, key: str, action: str) -> None:
+    """FailedPreconditionError when a mount of this namespace uses ``key``'s directory.
+
+    ``sn`` was opened with ``upperdir_label``: the label names the directory.
+    Overlay layers and bind sources both count. A view of a parent owns no
+    layer of its mount (it mounts its parents' layers), so its mount is not seen.
+    """
+    from ..overlay import UPPERDIR_LABEL
+
+    snapshot_dir = os.path.dirname(sn.stat(key).labels[UPPERDIR_LABEL])
+    try:
+        users = mountinfo.users_of(snapshot_dir)
+    except FileNotFoundError:  # its directory is gone already: nothing mounts it
+        return
+    if users:
+        points = ", ".join(sorted({u.mount_point for u in users}))
+        raise FailedPreconditionError(
+            f"{action} {key!r}: it is mounted at {points}; unmount it first, "
+            "or pass --force to go ahead anyway"
+        )
