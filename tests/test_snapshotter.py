@@ -313,10 +313,11 @@ def test_mount_layouts(tmp_path: Path) -> None:
             )
         ]
         s.commit("c2", "b")
-        assert s.view("v2", "c2") == [
+        view_mounts = s.view("v2", "c2")
+        assert view_mounts == [
             Mount("overlay", "overlay", (f"lowerdir={snaps}/4/fs:{snaps}/1/fs", "index=on"))
         ]
-        assert s.mounts("v2") == s.mounts("v2")
+        assert s.mounts("v2") == view_mounts  # mounts() later gives what view() gave
         with pytest.raises(FailedPreconditionError):
             s.mounts("c2")
         with pytest.raises(NotFoundError):
@@ -651,11 +652,15 @@ def test_open_survives_concurrent_cleanup(tmp_path: Path, monkeypatch: pytest.Mo
     cleanup = f"import pysnap; pysnap.OverlaySnapshotter({str(root)!r}).cleanup()"
     real_mkdtemp = tempfile.mkdtemp
 
+    probes: list[str] = []
+
     def mkdtemp_then_cleanup(*args: object, **kwargs: object) -> object:
         path = real_mkdtemp(*args, **kwargs)  # type: ignore[call-overload]
         if os.fsdecode(os.path.basename(path)).startswith("d_type-test-"):
+            probes.append(path)
             subprocess.run([sys.executable, "-c", cleanup], check=True)
         return path
 
     monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp_then_cleanup)
     OverlaySnapshotter(root, sync=False).close()
+    assert probes  # the cleanup did run in the middle of the probe
