@@ -5,6 +5,7 @@ pseudo-terminal."""
 from __future__ import annotations
 
 import errno
+import importlib.metadata
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import pytest
 from interrupts import interrupt_at, pysnap_command, read_until, spawn_in_pty, wait_exit
 from mountpoints import detach_all_under, is_mounted
 
+import pysnap
 from pysnap import errors, mountinfo
 from pysnap.cli import build_parser, human_size, main, rfc3339
 from pysnap.cli import du as cli_du
@@ -137,7 +139,9 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
                  "unmount", "label", "tree", "cleanup", "du", "demo"):  # fmt: skip
         assert name in out
     assert main(["--version"]) == 0
-    assert "pysnap" in capsys.readouterr().out
+    # one version: the installed metadata's is pysnap.__version__ (pyproject reads it)
+    assert capsys.readouterr().out == f"pysnap {importlib.metadata.version('pysnap')}\n"
+    assert importlib.metadata.version("pysnap") == pysnap.__version__
 
 
 def test_unexpected_error_exit_1(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
