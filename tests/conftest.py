@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_helpers import du_tree, root, run, targets  # noqa: F401 (fixtures of the CLI tests)
 from mountpoints import detach_all_under
 
 from pysnap.fsutil import remove_tree
