@@ -77,7 +77,10 @@ def test_du_non_utf8_path_prints_escaped_under_strict_utf8(tmp_path: Path) -> No
     assert doc["path"] == escaped and doc["inodes"] == 2
     p = du("--json", "du", str(top / os.fsdecode(b"gone-\xff")))
     assert p.returncode == 7
-    assert json.loads(p.stderr.decode("utf-8"))["error"]["code"] == "ENOENT"
+    error = json.loads(p.stderr.decode("utf-8"))["error"]
+    assert error["code"] == "ENOENT" and error["message"].endswith(f"'{escaped}/gone-\\xff'")
+    p = du("du", str(top / os.fsdecode(b"gone-\xff")))
+    assert p.stderr.decode("utf-8").endswith(f"'{escaped}/gone-\\xff'\n")
 
 
 def test_du_missing_path_exit_7(run: Run, tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from ._output import (
     fail,
     human_size,
     oserror_code,
+    oserror_text,
     rfc3339,
 )
 
@@ -143,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_PIPE
     except OSError as e:
-        msg = f"{command}: {e}"
+        msg = f"{command}: {oserror_text(e)}"
         if e.errno == errno.EPERM and command in _MOUNTING_COMMANDS:
             msg += " (mounting needs root: CAP_SYS_ADMIN)"
         return fail(args, oserror_code(e), msg, EXIT_OSERROR)

@@ -210,6 +210,15 @@ def oserror_code(e: OSError) -> str:
     return errno.errorcode.get(e.errno or 0, "oserror")
 
 
+def oserror_text(e: OSError) -> str:
+    """``str(e)`` with its file names :func:`printable` (``str`` would show a byte
+    0xff of a name as ``\\udcff``)."""
+    if e.filename is None or e.strerror is None:
+        return str(e)
+    names = [f"'{printable(os.fsdecode(n))}'" for n in (e.filename, e.filename2) if n is not None]
+    return f"[Errno {e.errno}] {e.strerror}: {' -> '.join(names)}"
+
+
 def fail(args: argparse.Namespace | None, code: str, message: str, exit_code: int) -> int:
     """Report one error on stderr (JSON under --json) and give its exit code."""
     clear_progress()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import signal
 import tempfile
@@ -80,8 +81,9 @@ def _remove_root(root: str) -> None:
 
     for entry in sorted(mounts_under(root), key=lambda e: len(e.mount_point), reverse=True):
         unmount(entry.mount_point, detach=True)
-    if not mounts_under(root):  # never remove files through a mount
-        remove_tree(root)
+    if mounts_under(root):  # never remove files through a mount
+        raise OSError(errno.EBUSY, "still mounted after detaching its mounts", root)
+    remove_tree(root)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

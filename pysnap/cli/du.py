@@ -13,6 +13,7 @@ from ._output import (
     clear_progress,
     fail,
     oserror_code,
+    oserror_text,
     print_json,
     progress_for,
     table,
@@ -45,7 +46,8 @@ def cmd_du(args: argparse.Namespace) -> int:
             else:
                 size, inodes = disk_usage(path, progress=progress, progress_every=DU_PROGRESS_EVERY)
         except OSError as e:
-            code = code or fail(args, oserror_code(e), f"{args.command}: {e}", EXIT_OSERROR)
+            failed = fail(args, oserror_code(e), f"{args.command}: {oserror_text(e)}", EXIT_OSERROR)
+            code = code or failed
             continue
         finally:
             clear_progress()

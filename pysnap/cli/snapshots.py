@@ -18,6 +18,7 @@ from ._output import (
     mount_command,
     mount_json,
     oserror_code,
+    oserror_text,
     print_json,
     progress_for,
     snapshot_json,
@@ -133,7 +134,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
                 failed = fail(args, e.code, f"{args.command}: {e}", e.exit_code)
                 code = code or failed  # every failure reported; the first one's code
             except OSError as e:
-                failed = fail(args, oserror_code(e), f"{args.command}: {e}", EXIT_OSERROR)
+                failed = fail(
+                    args, oserror_code(e), f"{args.command}: {oserror_text(e)}", EXIT_OSERROR
+                )
                 code = code or failed
             else:
                 removed.append(key)
