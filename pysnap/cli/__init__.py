@@ -2,9 +2,9 @@
 
 Data goes to stdout (a table, or one JSON document with ``--json``); errors go
 to stderr (as JSON under ``--json``). Exit codes (borg's scheme): 0 ok,
-1 unexpected, 2 usage, 3-12 the error kinds of :mod:`pysnap.errors`
-(3 not found, 4 already exists, 5 failed precondition, 6 invalid argument, ...),
-7 an ``OSError``, 130 interrupted (Ctrl-C), 141 stdout closed early (SIGPIPE).
+1 unexpected, 2 usage, 3-12 the error kinds of the table in :mod:`pysnap.errors`
+(3 not found, 4 already exists, 5 failed precondition, 6 invalid argument,
+7 an ``OSError``, ...), 130 interrupted (Ctrl-C), 141 stdout closed early (SIGPIPE).
 
 Each group of subcommands is a module with a ``register(add)`` function;
 :data:`COMMAND_MODULES` lists them, so a new group is one module and one line.
