@@ -4,9 +4,9 @@
 __version__ = "0.1.0"
 
 from . import errors
-from .mounts import mount_all, mounted, unmount, unmount_all
+from .mounts import Mount, mount_all, mounted, unmount, unmount_all
 from .overlay import OverlaySnapshotter
-from .types import Info, Kind, Mount, Usage
+from .types import Info, Kind, Usage
 
 __all__ = [
     "Info",
