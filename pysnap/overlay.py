@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -26,16 +27,21 @@ from types import TracebackType
 from snapcore import du
 
 from . import kernel, overlayopts, storage
-from .errors import FailedPreconditionError, NotFoundError
+from .errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from .filters import compile_filters
 from .fsutil import remove_tree
-from .metastore import MetaStore
+from .metastore import DEFAULT_MAP_SIZE, MetaStore
 from .mounts import Mount
 from .types import Info, Kind, Usage
 
 log = logging.getLogger(__name__)
 
 UPPERDIR_LABEL = "containerd.io/snapshot/overlay.upperdir"
+
+# The names pysnap makes under snapshots/: an id (ASCII, no leading zero: str.isdigit
+# would take Arabic-Indic and superscript digits), a create's temporary directory, a remove's.
+_ID_NAME = re.compile(r"[1-9][0-9]*")
+_OWN_NAME = re.compile(r"[1-9][0-9]*|new-.*|rm-.*", re.DOTALL)
 
 Labels = Mapping[str, str] | None
 Progress = Callable[[int, int], object] | None
@@ -46,6 +52,15 @@ class OverlaySnapshotter:
 
     Thread-safe; many processes may open one root at once (LMDB's locking).
     Use it as a context manager, or call ``close()`` (twice is harmless).
+    ``map_size`` is the metadata store's address-space limit in bytes (the
+    file is sparse); a store that fills it raises MapFullError.
+
+    Raises (opening):
+        InvalidArgumentError: a root path overlay options cannot carry.
+        FailedPreconditionError: ``snapshots/`` is a symlink; the metadata
+            store is missing, empty or has no meta record while ``snapshots/``
+            holds snapshot directories; no d_type.
+        CorruptStoreError: the metadata store's data file is damaged.
     """
 
     def __init__(
@@ -56,33 +71,60 @@ class OverlaySnapshotter:
         async_remove: bool = False,
         mount_options: Sequence[str] = (),
         upperdir_label: bool = False,
+        map_size: int = DEFAULT_MAP_SIZE,
     ) -> None:
         self.root = os.path.abspath(os.fspath(root))
         overlayopts.check_root(self.root)  # its paths go into overlay options as they are
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         self._snapshots = os.path.join(self.root, "snapshots")
-        if not os.path.isdir(self._snapshots):
-            # A new root: probed once, before snapshots/ records that it
+        if os.path.islink(self._snapshots):
+            raise FailedPreconditionError(
+                f"open {self.root!r}: {self._snapshots} is a symlink; pysnap never follows it "
+                "(cleanup() would empty the directory it points to)"
+            )
+        new_root = not os.path.isdir(self._snapshots)
+        if new_root and not kernel.supports_d_type(self.root):
+            # Probed once, when the root is created: snapshots/ records that it
             # passed, so opening an existing root writes nothing (a full disk
             # still opens). In the root, as containerd's probe: under
             # snapshots/ a cleanup() in another process would reap it.
-            if not kernel.supports_d_type(self.root):
-                raise FailedPreconditionError(
-                    f"open {self.root!r}: the filesystem does not report d_type, "
-                    "which overlayfs needs (containerd refuses it too)"
-                )
+            raise FailedPreconditionError(
+                f"open {self.root!r}: the filesystem does not report d_type, "
+                "which overlayfs needs (containerd refuses it too)"
+            )
+        # The meta record is written before snapshots/ exists: a store without
+        # one next to snapshot directories is a lost store, never a new one.
+        self._ms = MetaStore(
+            self.root, sync=sync, map_size=map_size, on_new_store=self._refuse_lost_store
+        )
+        if new_root:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(self._snapshots, 0o700)
         self._sync = sync
         self._async_remove = async_remove
         self._upperdir_label = upperdir_label
         self._options = overlayopts.default_options(mount_options)
-        self._ms = MetaStore(self.root, sync=sync)
+
+    def _refuse_lost_store(self, found: str) -> None:
+        try:
+            names = [n for n in os.listdir(self._snapshots) if _ID_NAME.fullmatch(n)]
+        except FileNotFoundError:
+            return
+        if names:
+            some = ", ".join(sorted(names, key=int)[:5]) + (", ..." if len(names) > 5 else "")
+            raise FailedPreconditionError(
+                f"open {self.root!r}: {found}, but {self._snapshots} holds {len(names)} "
+                f"snapshot directories ({some}); their records are lost: move snapshots/ "
+                "aside or restore data.mdb"
+            )
 
     # -- lifecycle ----------------------------------------------------------
 
     def close(self) -> None:
-        """Close the metadata store. Calling it again does nothing."""
+        """Close the metadata store once the calls in flight on other threads are done.
+
+        Every call after it raises ClosedError; calling it again does nothing.
+        """
         self._ms.close()  # idempotent and thread-safe itself
 
     def sync(self) -> None:
@@ -195,8 +237,10 @@ class OverlaySnapshotter:
 
         No paths, or ``labels``: the labels become ``info.labels``.
         ``labels.K``: K takes ``info.labels.get(K, "")``; empty deletes it.
-        Any other path: InvalidArgumentError.
+        Any other path, or ``info`` not an Info: InvalidArgumentError.
         """
+        if not isinstance(info, Info):
+            raise InvalidArgumentError(f"update needs an Info, not {type(info).__name__}")
         if not self._upperdir_label:
             with self._ms.transaction(write=True) as tx:
                 return storage.update_info(tx, info, *fieldpaths)
@@ -222,9 +266,11 @@ class OverlaySnapshotter:
     def cleanup(self, *, dry_run: bool = False) -> list[str]:
         """Remove directories no live snapshot owns (crashed creates, unfinished removes).
 
-        Returns their paths as found, sorted: those removed, or with
-        ``dry_run`` those that would be (and nothing changes). A removal that
-        fails is logged and left out of the list; the next cleanup retries it.
+        Only names pysnap makes are reaped (an id, ``new-*``, ``rm-*``); anything
+        else under ``snapshots/`` is logged and left. Returns the paths as
+        found, sorted: those removed, or with ``dry_run`` those that would be
+        (and nothing changes). A removal that fails is logged and left out of
+        the list; the next cleanup retries it.
         """
         with self._ms.transaction(write=True) as tx:
             live = {str(i) for i in storage.id_map(tx)}
@@ -234,7 +280,10 @@ class OverlaySnapshotter:
                 if name in live:
                     continue
                 path = doomed = os.path.join(self._snapshots, name)
-                if name.isdigit() and not dry_run:
+                if not _OWN_NAME.fullmatch(name):
+                    log.warning("cleanup: leaving %s: pysnap never makes that name", path)
+                    continue
+                if _ID_NAME.fullmatch(name) and not dry_run:
                     # A crashed create's id was never committed, so the next
                     # create takes it again: move the leftover out of its way
                     # before the lock is released, then delete it at leisure.

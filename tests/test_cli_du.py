@@ -52,6 +52,12 @@ def test_du_measures_what_it_can_and_reports_the_rest(
     ]
     assert out.splitlines()[1].split()[1] == str(gnu_du("--block-size=512", str(du_tree)) * 512)
     assert err.count("\n") == 1 and missing in err
+    code, out, err = run("du", missing, missing + "-too")  # every failure is reported
+    assert code == 7 and out == ""
+    assert err.splitlines() == [
+        f"pysnap: du: [Errno 2] No such file or directory: '{p}'"
+        for p in (missing, missing + "-too")
+    ]
     code, out, err = run("--json", "du", missing, str(du_tree))
     assert code == 7
     assert [d["path"] for d in json.loads(out)] == [str(du_tree)]

@@ -7,7 +7,7 @@ import argparse
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import mountinfo
 from ..errors import FailedPreconditionError, NotFoundError
@@ -69,7 +69,11 @@ def snapshotter(
                 f"no pysnap root at {args.root!r} (see --root and $PYSNAP_ROOT; "
                 "prepare or view makes one)"
             ) from None
-    with OverlaySnapshotter(args.root, upperdir_label=upperdir_label) as sn:
+    options: dict[str, Any] = {"upperdir_label": upperdir_label}
+    map_size = getattr(args, "map_size", None)
+    if map_size:
+        options["map_size"] = map_size
+    with OverlaySnapshotter(args.root, **options) as sn:
         yield sn
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import os
 import shlex
@@ -17,9 +16,10 @@ import time
 from collections.abc import Sequence
 from typing import IO, Any
 
+from ..errors import kind_of
 from ..types import Info, Mount, Usage
 
-EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_OSERROR = 0, 1, 2, 7
+EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED, EXIT_PIPE = 130, 141
 
 # Progress redraws at most this often (seconds): enough to look alive, few
@@ -206,17 +206,19 @@ def clear_progress() -> None:
         _progress = None
 
 
-def oserror_code(e: OSError) -> str:
-    return errno.errorcode.get(e.errno or 0, "oserror")
-
-
-def oserror_text(e: OSError) -> str:
-    """``str(e)`` with its file names :func:`printable` (``str`` would show a byte
-    0xff of a name as ``\\udcff``)."""
-    if e.filename is None or e.strerror is None:
+def error_text(e: BaseException) -> str:
+    """``str(e)``, with an OSError's file names :func:`printable` (``str`` would
+    show a byte 0xff of a name as ``\\udcff``)."""
+    if not isinstance(e, OSError) or e.filename is None or e.strerror is None:
         return str(e)
     names = [f"'{printable(os.fsdecode(n))}'" for n in (e.filename, e.filename2) if n is not None]
     return f"[Errno {e.errno}] {e.strerror}: {' -> '.join(names)}"
+
+
+def report(args: argparse.Namespace, command: str, e: BaseException, hint: str = "") -> int:
+    """Report a SnapshotError or OSError by the one table (errors.kind_of); its exit code."""
+    kind = kind_of(e)
+    return fail(args, kind.code, f"{command}: {error_text(e)}{hint}", kind.exit_code)
 
 
 def fail(args: argparse.Namespace | None, code: str, message: str, exit_code: int) -> int:

@@ -9,13 +9,10 @@ from ..types import Usage
 from ._common import AddCommand
 from ._output import (
     EXIT_OK,
-    EXIT_OSERROR,
     clear_progress,
-    fail,
-    oserror_code,
-    oserror_text,
     print_json,
     progress_for,
+    report,
     table,
     usage_rows,
 )
@@ -46,8 +43,8 @@ def cmd_du(args: argparse.Namespace) -> int:
             else:
                 size, inodes = disk_usage(path, progress=progress, progress_every=DU_PROGRESS_EVERY)
         except OSError as e:
-            failed = fail(args, oserror_code(e), f"{args.command}: {oserror_text(e)}", EXIT_OSERROR)
-            code = code or failed
+            failed = report(args, args.command, e)
+            code = code or failed  # every failure reported; the first one's code
             continue
         finally:
             clear_progress()

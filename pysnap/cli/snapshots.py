@@ -12,15 +12,12 @@ from ..types import Info, Kind, Usage
 from ._common import AddCommand, label_arg, label_option, labels, refuse_if_mounted, snapshotter
 from ._output import (
     EXIT_OK,
-    EXIT_OSERROR,
     clear_progress,
-    fail,
     mount_command,
     mount_json,
-    oserror_code,
-    oserror_text,
     print_json,
     progress_for,
+    report,
     snapshot_json,
     table,
     usage_rows,
@@ -130,14 +127,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
                 if not args.force:
                     refuse_if_mounted(sn, key, "remove")
                 sn.remove(key)
-            except SnapshotError as e:
-                failed = fail(args, e.code, f"{args.command}: {e}", e.exit_code)
+            except (SnapshotError, OSError) as e:
+                failed = report(args, args.command, e)
                 code = code or failed  # every failure reported; the first one's code
-            except OSError as e:
-                failed = fail(
-                    args, oserror_code(e), f"{args.command}: {oserror_text(e)}", EXIT_OSERROR
-                )
-                code = code or failed
             else:
                 removed.append(key)
                 if not args.json:
