@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import du_tree, root, run, targets  # noqa: F401 (fixtures of the CLI tests)
+
+# the `containerd` fixture: a private containerd on pysnap serve (containerd_env.py)
+from containerd_env import containerd  # noqa: F401
 from mountpoints import detach_all_under
 
 from pysnap.fsutil import remove_tree

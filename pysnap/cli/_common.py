@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import mountinfo
 from ..errors import FailedPreconditionError, NotFoundError
+from . import remote
 
 if TYPE_CHECKING:
     from ..overlay import OverlaySnapshotter
@@ -61,6 +62,10 @@ def snapshotter(
     elsewhere a mistyped ``--root`` would show, or clean, an empty store of its own."""
     from ..overlay import OverlaySnapshotter  # imported late: `du` needs only snapcore
 
+    if getattr(args, "address", None):  # the remote mode (remote.py): the same API
+        with remote.open_remote(args) as remote_sn:
+            yield remote_sn  # type: ignore[misc]
+        return
     if not create:
         try:
             os.stat(os.path.join(args.root, _STORE))
@@ -80,13 +85,17 @@ def snapshotter(
 def refuse_if_mounted(sn: OverlaySnapshotter, key: str, action: str) -> None:
     """FailedPreconditionError when a mount of this namespace uses ``key``'s directory.
 
-    ``sn`` was opened with ``upperdir_label``: the label names the directory.
+    ``sn`` was opened with ``upperdir_label``: the label names the directory
+    (a remote snapshotter without that label is not checked).
     Overlay layers and bind sources both count. A view of a parent owns no
     layer of its mount (it mounts its parents' layers), so its mount is not seen.
     """
     from ..overlay import UPPERDIR_LABEL
 
-    snapshot_dir = os.path.dirname(sn.stat(key).labels[UPPERDIR_LABEL])
+    upper = sn.stat(key).labels.get(UPPERDIR_LABEL)
+    if upper is None:  # a remote snapshotter that does not tell where its layers are
+        return
+    snapshot_dir = os.path.dirname(upper)
     try:
         users = mountinfo.users_of(snapshot_dir)
     except FileNotFoundError:  # its directory is gone already: nothing mounts it

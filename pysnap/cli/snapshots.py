@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..errors import SnapshotError
+from ..errors import SnapshotError, UnimplementedError
 from ..types import Info, Kind, Usage
 from ._common import AddCommand, label_arg, label_option, labels, refuse_if_mounted, snapshotter
 from ._output import (
@@ -236,6 +236,12 @@ def cmd_tree(args: argparse.Namespace) -> None:
 
 def cmd_cleanup(args: argparse.Namespace) -> None:
     with snapshotter(args) as sn:
+        if getattr(args, "address", None):
+            # containerd's Cleanup RPC has no dry run and answers nothing of what it removed
+            if args.dry_run:
+                raise UnimplementedError("cleanup --dry-run: a remote snapshotter cannot tell")
+            sn.cleanup()
+            return
         paths = sn.cleanup(dry_run=args.dry_run)
     if args.json:
         print_json({"dry_run": args.dry_run, "removed": paths})
