@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from interrupts import interrupt_each_call
 from privileges import unprivileged
 
 from pysnap import _reference
@@ -360,10 +361,8 @@ def test_errors_leak_no_fds(public_tmp: Path) -> None:
         before = open_fds()
         for threads in (1, 2, 4, None):
             for _ in range(5):
-                try:
+                with pytest.raises(PermissionError):
                     du.disk_usage(top, threads=threads)
-                except PermissionError:
-                    pass
         return open_fds() - before
 
     assert unprivileged(walks) == 0
@@ -473,31 +472,13 @@ def test_reference_keyboard_interrupt_at_any_close(
         (top / p).mkdir(parents=True)
         (top / p / "x").write_text("x")
     want = _reference.disk_usage(top)
-    real_close = os.close
-    for k in range(1, 100):
-        calls = [0]
+    before = open_fds()
 
-        def close_then_interrupt(fd: int, calls: list[int] = calls, k: int = k) -> None:
-            real_close(fd)
-            calls[0] += 1
-            if calls[0] == k:
-                raise KeyboardInterrupt
+    def check(got: tuple[int, int] | None) -> None:
+        assert open_fds() == before
+        assert got in (None, want)  # interrupted, or the whole answer
 
-        before = open_fds()
-        got = None
-        monkeypatch.setattr(os, "close", close_then_interrupt)
-        try:
-            got = _reference.disk_usage(top)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            monkeypatch.setattr(os, "close", real_close)
-        assert open_fds() == before, k
-        if calls[0] < k:  # every close point was covered
-            assert got == want
-            break
-    else:
-        pytest.fail("more closes than expected")
+    interrupt_each_call(monkeypatch, os, "close", lambda k: _reference.disk_usage(top), check)
 
 
 # ---- mounts inside the tree (issue 10: once per distinct inode) -------------------
