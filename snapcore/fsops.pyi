@@ -2,6 +2,9 @@
 
 import os
 from collections.abc import Callable, Iterable
+from typing import Self
+
+from typing_extensions import disjoint_base
 
 class TarError(ValueError):
     """A stream that is not a valid tar, or an entry the codec refuses."""
@@ -18,6 +21,7 @@ class UpperError(ValueError):
     entry: str | None
     def __init__(self, message: str, entry: str | None = None) -> None: ...
 
+@disjoint_base
 class Applier:
     """Apply one tar stream into the directory ``root`` (an overlay upper).
 
@@ -28,9 +32,9 @@ class Applier:
     """
 
     entries: int
-    def __init__(
-        self, root: str | os.PathLike[str], lowers: Iterable[str | os.PathLike[str]] = ()
-    ) -> None: ...
+    def __new__(
+        cls, root: str | os.PathLike[str], lowers: Iterable[str | os.PathLike[str]] = ()
+    ) -> Self: ...
     def feed(self, data: bytes | bytearray | memoryview) -> bool: ...
     def finish(self) -> int: ...
     def close(self) -> None: ...
