@@ -11,6 +11,15 @@ transaction that records the change is held (as containerd's overlay.go
 does), so a cleanup() in another thread or process never reaps a create that
 is in flight. Long work, the usage walk of commit, runs outside any write
 transaction and is re-checked inside it.
+
+Durability (issue 14): a durable call syncs its LMDB transaction only (two
+flushes, as a bolt commit). A new snapshot's directories are empty, so they
+are not synced: recovery remakes them instead. When a snapshot is next used
+(mounts, a prepare or view on it, commit), directories a power loss lost are
+recreated exactly as prepare made them for an ACTIVE or VIEW record, or for a
+COMMITTED one whose stored usage says it was empty; any other COMMITTED record
+without its directory is CorruptStoreError, never an empty layer. Nothing
+scans the records at open.
 """
 
 from __future__ import annotations
@@ -26,10 +35,15 @@ from types import TracebackType
 from snapcore import du
 
 from . import storage
-from .errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from .errors import (
+    CorruptStoreError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from .filters import compile_filters
 from .fsutil import remove_tree
-from .metastore import MetaStore
+from .metastore import MetaStore, Txn
 from .types import Info, Kind, Mount, Usage
 
 log = logging.getLogger(__name__)
@@ -74,7 +88,6 @@ class OverlaySnapshotter:
                 f"open {self.root!r}: the filesystem does not report d_type, "
                 "which overlayfs needs (containerd refuses it too)"
             )
-        self._sync = sync
         self._async_remove = async_remove
         self._upperdir_label = upperdir_label
         self._options = tuple(mount_options)
@@ -140,6 +153,10 @@ class OverlaySnapshotter:
             raise FailedPreconditionError(
                 f"mounts {key!r}: snapshot is committed; create a view of it to mount it"
             )
+        if not self._dirs_present(snap.id, snap.kind):
+            with self._ms.transaction(write=True) as tx:
+                self._restore(tx, key)
+                snap = storage.get_snapshot(tx, key)  # the record as it is now
         return self._mounts(snap)
 
     def walk(self, *filters: str) -> list[Info]:
@@ -190,9 +207,7 @@ class OverlaySnapshotter:
             try:
                 usage = Usage(*du.disk_usage(self._upper(sid)))
             except FileNotFoundError:
-                raise NotFoundError(
-                    f"commit {key!r}: snapshot was removed during the usage walk"
-                ) from None
+                usage = self._restore_for_commit(key, sid)
         with self._ms.transaction(write=True) as tx:
             storage.commit_active(tx, key, name, usage, labels, expected_id=sid)
 
@@ -262,32 +277,104 @@ class OverlaySnapshotter:
     def _create(self, kind: Kind, key: str, parent: str, labels: Labels) -> list[Mount]:
         with self._ms.transaction(write=True) as tx, contextlib.ExitStack() as undo:
             snap = storage.create_snapshot(tx, kind, key, parent, labels)
-            tmp = tempfile.mkdtemp(prefix="new-", dir=self._snapshots)
-            undo.callback(remove_tree, tmp)
-            self._make_dirs(tmp, snap)
-            path = self._dir(snap.id)
-            remove_tree(path)  # leftover of a create that crashed before its commit
-            os.rename(tmp, path)
+            owner = self._parent_owner(tx, parent, snap.parent_ids)
+            # Not synced (see the module docstring): _restore() remakes them.
+            path = self._make_snapshot_dir(snap.id, kind, owner, undo)
             undo.callback(remove_tree, path)
-            if self._sync:
-                _fsync_dir(self._snapshots)
             mounts = self._mounts(snap)
             undo.pop_all()  # about to commit: keep everything
         return mounts
 
-    def _make_dirs(self, tmp: str, snap: storage.Snapshot) -> None:
-        fs = os.path.join(tmp, "fs")
-        os.mkdir(fs)
-        os.chmod(fs, 0o755)  # whatever the umask
-        if snap.parent_ids:
-            st = os.stat(self._upper(snap.parent_ids[0]))
-            os.lchown(fs, st.st_uid, st.st_gid)
-        if snap.kind == Kind.ACTIVE:
-            work = os.path.join(tmp, "work")
+    def _parent_owner(
+        self, tx: Txn, parent: str, parent_ids: Sequence[int]
+    ) -> os.stat_result | None:
+        """The stat of the immediate parent's fs (a new fs is owned alike); restored if lost."""
+        if not parent_ids:
+            return None
+        try:
+            return os.stat(self._upper(parent_ids[0]))
+        except FileNotFoundError:
+            self._restore(tx, parent)
+            return os.stat(self._upper(parent_ids[0]))
+
+    def _make_snapshot_dir(
+        self, sid: int, kind: Kind, owner: os.stat_result | None, undo: contextlib.ExitStack
+    ) -> str:
+        """``snapshots/<sid>`` made in a temporary directory, then renamed into place."""
+        tmp = tempfile.mkdtemp(prefix="new-", dir=self._snapshots)
+        undo.callback(remove_tree, tmp)
+        self._make_dirs(tmp, kind, owner)
+        path = self._dir(sid)
+        remove_tree(path)  # leftover of a create that crashed before its commit
+        os.rename(tmp, path)
+        return path
+
+    def _make_dirs(self, path: str, kind: Kind, owner: os.stat_result | None) -> None:
+        """In ``path``, those of ``fs`` (0755, owned like ``owner``) and, unless
+        ``kind`` is VIEW, ``work`` (0711) that are missing, as prepare makes them."""
+        fs = os.path.join(path, "fs")
+        if not os.path.isdir(fs):
+            os.mkdir(fs)
+            os.chmod(fs, 0o755)  # whatever the umask
+            if owner is not None:
+                os.lchown(fs, owner.st_uid, owner.st_gid)
+        work = os.path.join(path, "work")
+        if kind != Kind.VIEW and not os.path.isdir(work):
             os.mkdir(work)
             os.chmod(work, 0o711)
-        if self._sync:
-            _fsync_dir(tmp)
+
+    def _dirs_present(self, sid: int, kind: Kind) -> bool:
+        d = self._dir(sid)
+        return os.path.isdir(f"{d}/fs") and (kind == Kind.VIEW or os.path.isdir(f"{d}/work"))
+
+    def _restore(self, tx: Txn, key: str) -> None:
+        """Recreate the directories of ``key`` and of its ancestors that a power loss lost.
+
+        Called in a write transaction (no remove or cleanup can run meanwhile).
+        An ACTIVE or VIEW snapshot, or a COMMITTED one whose stored usage says
+        its upper directory was empty, gets them back exactly as prepare made
+        them (a COMMITTED one was made ACTIVE: fs and work).
+
+        Raises:
+            NotFoundError: no snapshot ``key``.
+            CorruptStoreError: a COMMITTED snapshot with files lost its directory.
+        """
+        lost: list[tuple[int, Kind, str]] = []  # (id, kind, key), tip first
+        while key:
+            sid, info, usage = storage.get_info(tx, key)
+            if self._dirs_present(sid, info.kind):
+                break
+            if info.kind == Kind.COMMITTED and usage.inodes > 1:
+                if not os.path.isdir(self._upper(sid)):
+                    raise CorruptStoreError(
+                        f"snapshot {key!r}: its upper directory {self._upper(sid)} is missing, "
+                        f"but its stored usage counts {usage.inodes} inodes: the layer's files "
+                        "are lost (remove the snapshot, or restore the root from a backup)"
+                    )
+            lost.append((sid, info.kind, info.parent))
+            key = info.parent
+        for sid, kind, parent in reversed(lost):  # the base first: owners come from parents
+            owner = os.stat(self._upper(storage.get_info(tx, parent)[0])) if parent else None
+            log.warning("snapshot %d: recreating its directories, lost by a power loss", sid)
+            if os.path.isdir(self._dir(sid)):
+                self._make_dirs(self._dir(sid), kind, owner)
+            else:
+                with contextlib.ExitStack() as undo:
+                    self._make_snapshot_dir(sid, kind, owner, undo)
+                    undo.pop_all()
+
+    def _restore_for_commit(self, key: str, sid: int) -> Usage:
+        """commit's walk found no upper directory: restore it if ``key`` is still ``sid``."""
+        with self._ms.transaction(write=True) as tx:
+            if storage.get_info(tx, key)[0] != sid:
+                raise NotFoundError(f"commit {key!r}: snapshot was removed during the usage walk")
+            self._restore(tx, key)
+        try:
+            return Usage(*du.disk_usage(self._upper(sid)))
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"commit {key!r}: snapshot was removed during the usage walk"
+            ) from None
 
     def _mounts(self, snap: storage.Snapshot) -> list[Mount]:
         parents = snap.parent_ids
@@ -312,11 +399,3 @@ class OverlaySnapshotter:
                 remove_tree(path)
             except OSError as e:  # the record is gone already; cleanup() retries
                 log.warning("removing %s failed (cleanup() will retry): %s", path, e)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
