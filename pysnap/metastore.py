@@ -16,6 +16,15 @@ Operational rules (DESIGN.md, "Metadata store"): the map is large and sparse;
 stale readers of killed processes are cleared on open (``reader_check``); an
 environment is never used across ``fork()``; every ``lmdb.Error`` becomes a
 ``SnapshotError`` with context.
+
+``MetaStore.chains`` maps snapshot ids to the ids of their ancestors
+(immediate parent first), so that prepare, view and mounts on a deep chain
+need not read one record per layer (issue 14). It can never be stale: a
+snapshot's parents never change and ids are never reused, and it holds only
+what committed transactions recorded (a write transaction's entries are
+merged after its commit: an aborted create's id is handed out again). It is
+a plain dict of this process, emptied when the ids it holds pass
+``CHAINS_MAX``.
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ _DB_IDS = b"ids"
 _DB_META = b"meta"
 META_SCHEMA = b"schema"
 META_LAST_ID = b"last_id"
+#: Ids held in MetaStore.chains (8 bytes each) before it is emptied.
+CHAINS_MAX = 1 << 22
 
 # Environments inherited through fork() and dropped by close() in the child.
 _INHERITED: list[Any] = []
@@ -70,13 +81,24 @@ class Txn:
     it keeps the cost of a read transaction near py-lmdb's own).
     """
 
-    __slots__ = ("_ms", "ids", "meta", "parents", "snapshots", "txn", "write")
+    __slots__ = ("_learned", "_ms", "chains", "ids", "meta", "parents", "snapshots", "txn", "write")
 
     def __init__(self, ms: MetaStore, txn: Any, write: bool) -> None:
         self._ms = ms
         self.txn = txn
         self.write = write
         self.snapshots, self.parents, self.ids, self.meta = ms._dbs
+        self.chains = ms.chains
+        self._learned: list[tuple[int, tuple[int, ...]]] | None = None
+
+    def learn(self, sid: int, chain: tuple[int, ...]) -> None:
+        """Record in ``chains`` the ancestors of ``sid``, once committed."""
+        if not self.write:  # a read sees committed records only
+            self._ms.remember([(sid, chain)])
+        elif self._learned is None:
+            self._learned = [(sid, chain)]
+        else:
+            self._learned.append((sid, chain))
 
     def __enter__(self) -> Txn:
         return self
@@ -96,6 +118,8 @@ class Txn:
             except lmdb.Error as e:
                 self._abort()
                 raise _wrap(e, f"commit to {self._ms.path}") from e
+            if self._learned:
+                self._ms.remember(self._learned)
             return
         self._abort()
         if isinstance(exc, lmdb.Error):
@@ -141,6 +165,8 @@ class MetaStore:
         self._lock = threading.Lock()
         self._env: Any = None
         self._dbs: tuple[Any, Any, Any, Any] = (None, None, None, None)
+        self.chains: dict[int, tuple[int, ...]] = {}
+        self._chain_ids = 0
         os.makedirs(self.path, mode=0o700, exist_ok=True)
         try:
             env = lmdb.open(
@@ -203,6 +229,15 @@ class MetaStore:
         if env is None:
             raise SnapshotError(f"metadata store {self.path} is closed")
         return env
+
+    def remember(self, chains: list[tuple[int, tuple[int, ...]]]) -> None:
+        """Add committed ``(id, ancestors)`` pairs to ``chains``, within CHAINS_MAX."""
+        for sid, chain in chains:
+            self._chain_ids += len(chain) + 1
+            if self._chain_ids > CHAINS_MAX:
+                self.chains.clear()  # a dict, shared with no transaction's loop
+                self._chain_ids = len(chain) + 1
+            self.chains[sid] = chain
 
     def transaction(self, write: bool = False) -> Txn:
         """A context manager giving a :class:`Txn`.
