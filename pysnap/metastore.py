@@ -254,6 +254,25 @@ class MetaStore:
             raise _wrap(e, f"begin on {self.path}") from e
         return Txn(self, txn, write)
 
+    def get_record(self, name: bytes) -> bytes | None:
+        """The ``snapshots`` record stored under ``name``, read in a transaction of its own.
+
+        Stat's hot path: no :class:`Txn`, no context manager, one begin, get
+        and abort (LMDB keeps the reader slot, py-lmdb the spare transaction).
+        """
+        env = self._env
+        if env is None or self._pid != _PID:
+            env = self._check()
+        try:
+            txn = env.begin(None, None, False)
+            try:
+                raw: bytes | None = txn.get(name, None, self._dbs[0])
+            finally:
+                txn.abort()
+        except lmdb.Error as e:
+            raise _wrap(e, f"read from {self.path}") from e
+        return raw
+
     def sync(self) -> None:
         """Flush the environment to disk (meaningful with ``sync=False``)."""
         env = self._check()

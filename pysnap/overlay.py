@@ -41,7 +41,7 @@ from .errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from .filters import compile_filters
+from .filters import MATCH_ALL, compile_filters
 from .fsutil import remove_tree
 from .metastore import MetaStore, Txn
 from .types import Info, Kind, Mount, Usage
@@ -123,8 +123,7 @@ class OverlaySnapshotter:
 
     def stat(self, key: str) -> Info:
         """Info of the snapshot ``key``, of any kind. Raises NotFoundError."""
-        with self._ms.transaction() as tx:
-            sid, info, _ = storage.get_info(tx, key)
+        sid, info, _ = storage.stat(self._ms, key)
         return self._labelled(sid, info) if self._upperdir_label else info
 
     def usage(self, key: str, progress: Progress = None) -> Usage:
@@ -167,7 +166,9 @@ class OverlaySnapshotter:
         """
         match = compile_filters(*filters)
         with self._ms.transaction() as tx:
-            infos = [i for i in storage.walk_info(tx) if match(i)]
+            infos = storage.walk_info(tx)
+            if match is not MATCH_ALL:
+                infos = [i for i in infos if match(i)]
             if not self._upperdir_label:
                 return infos
             ids = {name: sid for sid, name in storage.id_map(tx).items()}

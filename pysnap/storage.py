@@ -28,7 +28,7 @@ from .errors import (
     NotFoundError,
     SnapshotError,
 )
-from .metastore import META_LAST_ID, Txn
+from .metastore import META_LAST_ID, MetaStore, Txn
 from .types import Info, Kind, Usage
 
 keys.register_types(Info, Usage, Kind)
@@ -273,6 +273,30 @@ def get_info(tx: Txn, key: str) -> tuple[int, Info, Usage]:
         raise
     if raw is None:
         _key_bytes(key)
+        raise NotFoundError(f"snapshot {key!r} does not exist")
+    try:
+        return _decode_info(key, raw)
+    except _RecordError as e:
+        raise _corrupt(key, e) from e
+
+
+def stat(ms: MetaStore, key: str) -> tuple[int, Info, Usage]:
+    """:func:`get_info` in a read transaction of its own: the fastest way to one Info.
+
+    Raises:
+        NotFoundError: no snapshot ``key``.
+        InvalidArgumentError: ``key`` is not a valid key.
+    """
+    try:
+        kb = key.encode()
+    except (AttributeError, UnicodeEncodeError):
+        _key_bytes(key)
+        raise
+    if not kb or len(kb) > MAX_KEY_BYTES:  # LMDB would refuse them
+        _key_bytes(key)
+    raw = ms.get_record(kb)
+    if raw is None:
+        _key_bytes(key)  # a NUL in it, rather
         raise NotFoundError(f"snapshot {key!r} does not exist")
     try:
         return _decode_info(key, raw)
