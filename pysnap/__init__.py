@@ -1,9 +1,9 @@
 """pysnap: a layered-filesystem snapshotter, containerd's overlay model with a Cython core."""
 
 from . import errors
-from .mounts import mount_all, mounted, unmount, unmount_all
+from .mounts import Mount, mount_all, mounted, unmount, unmount_all
 from .overlay import OverlaySnapshotter
-from .types import Info, Kind, Mount, Usage
+from .types import Info, Kind, Usage
 
 __all__ = [
     "Info",

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -34,7 +35,7 @@ from types import TracebackType
 
 from snapcore import du
 
-from . import storage
+from . import kernel, overlayopts, storage
 from .errors import (
     CorruptStoreError,
     FailedPreconditionError,
@@ -43,13 +44,18 @@ from .errors import (
 )
 from .filters import MATCH_ALL, compile_filters
 from .fsutil import remove_tree
-from .metastore import MetaStore, Txn
-from .types import Info, Kind, Mount, Usage
+from .metastore import DEFAULT_MAP_SIZE, MetaStore, Txn
+from .mounts import Mount
+from .types import Info, Kind, Usage
 
 log = logging.getLogger(__name__)
 
 UPPERDIR_LABEL = "containerd.io/snapshot/overlay.upperdir"
-_OVERLAY_INDEX_PARAM = "/sys/module/overlay/parameters/index"
+
+# The names pysnap makes under snapshots/: an id (ASCII, no leading zero: str.isdigit
+# would take Arabic-Indic and superscript digits), a create's temporary directory, a remove's.
+_ID_NAME = re.compile(r"[1-9][0-9]*")
+_OWN_NAME = re.compile(r"[1-9][0-9]*|new-.*|rm-.*", re.DOTALL)
 
 Labels = Mapping[str, str] | None
 Progress = Callable[[int, int], object] | None
@@ -60,6 +66,15 @@ class OverlaySnapshotter:
 
     Thread-safe; many processes may open one root at once (LMDB's locking).
     Use it as a context manager, or call ``close()`` (twice is harmless).
+    ``map_size`` is the metadata store's address-space limit in bytes (the
+    file is sparse); a store that fills it raises MapFullError.
+
+    Raises (opening):
+        InvalidArgumentError: a root path overlay options cannot carry.
+        FailedPreconditionError: ``snapshots/`` is a symlink; the metadata
+            store is missing, empty or has no meta record while ``snapshots/``
+            holds snapshot directories; no d_type.
+        CorruptStoreError: the metadata store's data file is damaged.
     """
 
     def __init__(
@@ -70,38 +85,59 @@ class OverlaySnapshotter:
         async_remove: bool = False,
         mount_options: Sequence[str] = (),
         upperdir_label: bool = False,
+        map_size: int = DEFAULT_MAP_SIZE,
     ) -> None:
         self.root = os.path.abspath(os.fspath(root))
-        # Paths end up inside overlay's comma- and colon-separated options.
-        if "," in self.root or ":" in self.root:
-            raise InvalidArgumentError(
-                f"open {self.root!r}: a root path with ',' or ':' cannot be used in overlay options"
-            )
+        overlayopts.check_root(self.root)  # its paths go into overlay options as they are
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         self._snapshots = os.path.join(self.root, "snapshots")
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(self._snapshots, 0o700)
-        # The probe goes in the root, as containerd's does: under snapshots/
-        # a cleanup() in another process would reap it as an orphan mid-probe.
-        if not du.supports_d_type(self.root):
+        if os.path.islink(self._snapshots):
+            raise FailedPreconditionError(
+                f"open {self.root!r}: {self._snapshots} is a symlink; pysnap never follows it "
+                "(cleanup() would empty the directory it points to)"
+            )
+        new_root = not os.path.isdir(self._snapshots)
+        if new_root and not kernel.supports_d_type(self.root):
+            # Probed once, when the root is created: snapshots/ records that it
+            # passed, so opening an existing root writes nothing (a full disk
+            # still opens). In the root, as containerd's probe: under
+            # snapshots/ a cleanup() in another process would reap it.
             raise FailedPreconditionError(
                 f"open {self.root!r}: the filesystem does not report d_type, "
                 "which overlayfs needs (containerd refuses it too)"
             )
+        # The meta record is written before snapshots/ exists: a store without
+        # one next to snapshot directories is a lost store, never a new one.
+        self._ms = MetaStore(
+            self.root, sync=sync, map_size=map_size, on_new_store=self._refuse_lost_store
+        )
+        if new_root:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(self._snapshots, 0o700)
         self._async_remove = async_remove
         self._upperdir_label = upperdir_label
-        self._options = tuple(mount_options)
-        if not any(o.startswith("index=") for o in self._options) and os.path.exists(
-            _OVERLAY_INDEX_PARAM
-        ):
-            # containerd does the same: index=on makes shared lowers EBUSY.
-            self._options += ("index=off",)
-        self._ms = MetaStore(self.root, sync=sync)
+        self._options = overlayopts.default_options(mount_options)
+
+    def _refuse_lost_store(self, found: str) -> None:
+        try:
+            names = [n for n in os.listdir(self._snapshots) if _ID_NAME.fullmatch(n)]
+        except FileNotFoundError:
+            return
+        if names:
+            some = ", ".join(sorted(names, key=int)[:5]) + (", ..." if len(names) > 5 else "")
+            raise FailedPreconditionError(
+                f"open {self.root!r}: {found}, but {self._snapshots} holds {len(names)} "
+                f"snapshot directories ({some}); their records are lost: move snapshots/ "
+                "aside or restore data.mdb"
+            )
 
     # -- lifecycle ----------------------------------------------------------
 
     def close(self) -> None:
-        """Close the metadata store. Calling it again does nothing."""
+        """Close the metadata store once the calls in flight on other threads are done.
+
+        Every call after it raises ClosedError; calling it again does nothing.
+        """
         self._ms.close()  # idempotent and thread-safe itself
 
     def sync(self) -> None:
@@ -217,8 +253,10 @@ class OverlaySnapshotter:
 
         No paths, or ``labels``: the labels become ``info.labels``.
         ``labels.K``: K takes ``info.labels.get(K, "")``; empty deletes it.
-        Any other path: InvalidArgumentError.
+        Any other path, or ``info`` not an Info: InvalidArgumentError.
         """
+        if not isinstance(info, Info):
+            raise InvalidArgumentError(f"update needs an Info, not {type(info).__name__}")
         if not self._upperdir_label:
             with self._ms.transaction(write=True) as tx:
                 return storage.update_info(tx, info, *fieldpaths)
@@ -242,7 +280,11 @@ class OverlaySnapshotter:
             self._remove_dirs([self._dir(sid)])
 
     def cleanup(self) -> None:
-        """Remove directories no live snapshot owns (crashed creates, unfinished removes)."""
+        """Remove directories no live snapshot owns (crashed creates, unfinished removes).
+
+        Only names pysnap makes are reaped (an id, ``new-*``, ``rm-*``); anything
+        else under ``snapshots/`` is logged and left.
+        """
         with self._ms.transaction(write=True) as tx:
             live = {str(i) for i in storage.id_map(tx)}
             # Listed under the write lock: no create can be in flight now.
@@ -251,7 +293,10 @@ class OverlaySnapshotter:
                 if name in live:
                     continue
                 path = os.path.join(self._snapshots, name)
-                if name.isdigit():
+                if not _OWN_NAME.fullmatch(name):
+                    log.warning("cleanup: leaving %s: pysnap never makes that name", path)
+                    continue
+                if _ID_NAME.fullmatch(name):
                     # A crashed create's id was never committed, so the next
                     # create takes it again: move the leftover out of its way
                     # before the lock is released, then delete it at leisure.
@@ -384,15 +429,14 @@ class OverlaySnapshotter:
             return [Mount(type="bind", source=self._upper(snap.id), options=(mode, "rbind"))]
         if snap.kind == Kind.VIEW and len(parents) == 1:
             return [Mount(type="bind", source=self._upper(parents[0]), options=("ro", "rbind"))]
-        options: list[str] = []
+        # inline: a 1,000-deep chain makes 1,000 of these, and calls add up
+        lowers = [f"{self._snapshots}/{p}/fs" for p in parents]
         if snap.kind == Kind.ACTIVE:
-            options.append(f"workdir={self._dir(snap.id)}/work")
-            options.append(f"upperdir={self._upper(snap.id)}")
-        # joined in C: a 1,000-deep chain makes 1,000 of these
-        lowers = f"{self._snapshots}/" + f"/fs:{self._snapshots}/".join(map(str, parents)) + "/fs"
-        options.append(f"lowerdir={lowers}")
-        options.extend(self._options)
-        return [Mount(type="overlay", source="overlay", options=tuple(options))]
+            upper, work = self._upper(snap.id), f"{self._dir(snap.id)}/work"
+            options = overlayopts.build(lowers, upper, work, self._options)
+        else:
+            options = overlayopts.build(lowers, extra=self._options)
+        return [Mount(type="overlay", source="overlay", options=options)]
 
     def _remove_dirs(self, paths: list[str]) -> None:
         for path in paths:

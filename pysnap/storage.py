@@ -23,6 +23,7 @@ from snapcore import keys
 
 from .errors import (
     AlreadyExistsError,
+    CorruptStoreError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -130,7 +131,7 @@ def validate_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
 
 
 def _corrupt(key: str, e: Exception) -> SnapshotError:
-    return SnapshotError(f"snapshot {key!r}: {e}")
+    return CorruptStoreError(f"snapshot {key!r}: {e}")
 
 
 def _record(key: str, raw: bytes) -> tuple[int, int, str, dict[str, str], int, int, int, int]:
@@ -166,7 +167,7 @@ def _ancestors(tx: Txn, sid: int, parent: str) -> tuple[int, ...]:
     while name:
         raw = get(name, None, db)
         if raw is None:
-            raise SnapshotError(f"metadata store corrupt: parent snapshot {name!r} is missing")
+            raise CorruptStoreError(f"metadata store corrupt: parent snapshot {name!r} is missing")
         try:
             p, name = _decode_link(raw)
         except _RecordError as e:
@@ -176,7 +177,7 @@ def _ancestors(tx: Txn, sid: int, parent: str) -> tuple[int, ...]:
             rest = known
             break
         if len(ids) > _MAX_DEPTH:
-            raise SnapshotError("metadata store corrupt: parent chain loops")
+            raise CorruptStoreError("metadata store corrupt: parent chain loops")
     chain = (*ids, *rest)
     tx.learn(sid, chain)
     return chain
@@ -185,11 +186,11 @@ def _ancestors(tx: Txn, sid: int, parent: str) -> tuple[int, ...]:
 def _next_id(tx: Txn) -> int:
     raw = tx.txn.get(META_LAST_ID, None, tx.meta)
     if raw is None:
-        raise SnapshotError("metadata store corrupt: the id counter is missing")
+        raise CorruptStoreError("metadata store corrupt: the id counter is missing")
     try:
         last: int = keys.decode_id(raw)
     except _RecordError as e:
-        raise SnapshotError(f"metadata store corrupt: {e}") from e
+        raise CorruptStoreError(f"metadata store corrupt: {e}") from e
     if last >= _MAX_ID:
         raise SnapshotError("metadata store: snapshot ids exhausted")
     tx.txn.put(META_LAST_ID, keys.id_key(last + 1), db=tx.meta)
@@ -313,9 +314,12 @@ def update_info(tx: Txn, info: Info, *fieldpaths: str) -> Info:
     times in ``info`` are ignored (containerd's bolt.go UpdateInfo).
 
     Raises:
-        InvalidArgumentError: a path other than ``labels``/``labels.K``; bad labels.
+        InvalidArgumentError: ``info`` is not an Info; a path other than
+            ``labels``/``labels.K``; bad labels.
         NotFoundError: no snapshot ``info.name``.
     """
+    if not isinstance(info, Info):
+        raise InvalidArgumentError(f"update needs an Info, not {type(info).__name__}")
     key = info[1]
     kb = _key_bytes(key)
     given = info[3] if info[3] is not None else {}
@@ -412,7 +416,7 @@ def walk_info(tx: Txn) -> list[Info]:
         try:
             return keys.decode_infos(cur.iternext())
         except _RecordError as e:
-            raise SnapshotError(f"metadata store corrupt: {e}") from e
+            raise CorruptStoreError(f"metadata store corrupt: {e}") from e
 
 
 def id_map(tx: Txn) -> dict[int, str]:
@@ -421,4 +425,4 @@ def id_map(tx: Txn) -> dict[int, str]:
         try:
             return {keys.decode_id(k): v.decode() for k, v in cur.iternext()}
         except (_RecordError, UnicodeDecodeError) as e:
-            raise SnapshotError(f"metadata store corrupt: {e}") from e
+            raise CorruptStoreError(f"metadata store corrupt: {e}") from e

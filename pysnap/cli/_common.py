@@ -47,5 +47,6 @@ def label_option(p: argparse.ArgumentParser) -> None:
 def snapshotter(args: argparse.Namespace) -> Iterator[OverlaySnapshotter]:
     from ..overlay import OverlaySnapshotter  # imported late: `du` needs only snapcore
 
-    with OverlaySnapshotter(args.root) as sn:
+    map_size = getattr(args, "map_size", None)
+    with OverlaySnapshotter(args.root, **({"map_size": map_size} if map_size else {})) as sn:
         yield sn
