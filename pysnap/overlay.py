@@ -57,6 +57,9 @@ UPPERDIR_LABEL = "containerd.io/snapshot/overlay.upperdir"
 _ID_NAME = re.compile(r"[1-9][0-9]*")
 _OWN_NAME = re.compile(r"[1-9][0-9]*|new-.*|rm-.*", re.DOTALL)
 
+#: Characters of lowerdir values OverlaySnapshotter keeps before it empties them.
+_LOWERDIRS_MAX = 8 << 20
+
 Labels = Mapping[str, str] | None
 Progress = Callable[[int, int], object] | None
 
@@ -115,6 +118,8 @@ class OverlaySnapshotter:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(self._snapshots, 0o700)
         self._async_remove = async_remove
+        self._lowerdirs: dict[int, str] = {}  # top parent id -> lowerdir value
+        self._lowerdir_chars = 0
         self._upperdir_label = upperdir_label
         self._options = overlayopts.default_options(mount_options)
 
@@ -429,14 +434,36 @@ class OverlaySnapshotter:
             return [Mount(type="bind", source=self._upper(snap.id), options=(mode, "rbind"))]
         if snap.kind == Kind.VIEW and len(parents) == 1:
             return [Mount(type="bind", source=self._upper(parents[0]), options=("ro", "rbind"))]
-        # inline: a 1,000-deep chain makes 1,000 of these, and calls add up
-        lowers = [f"{self._snapshots}/{p}/fs" for p in parents]
+        lowers = self._lowerdir(parents)
         if snap.kind == Kind.ACTIVE:
             upper, work = self._upper(snap.id), f"{self._dir(snap.id)}/work"
             options = overlayopts.build(lowers, upper, work, self._options)
         else:
             options = overlayopts.build(lowers, extra=self._options)
         return [Mount(type="overlay", source="overlay", options=options)]
+
+    def _lowerdir(self, parents: tuple[int, ...]) -> str:
+        """The upper directories of ``parents`` joined with ":", kept by the top id.
+
+        Never stale: a committed snapshot's parents never change and its id is
+        never reused. A chain one layer deeper than a kept one costs one
+        concatenation, not one path per layer (prepare on a 1,000-deep chain).
+        """
+        top = parents[0]
+        kept = self._lowerdirs.get(top)
+        if kept is not None:
+            return kept
+        below = self._lowerdirs.get(parents[1]) if len(parents) > 1 else ""
+        if below is None:
+            kept = ":".join([f"{self._snapshots}/{p}/fs" for p in parents])
+        else:
+            kept = f"{self._snapshots}/{top}/fs" + (":" + below if below else "")
+        self._lowerdir_chars += len(kept)
+        if self._lowerdir_chars > _LOWERDIRS_MAX:
+            self._lowerdirs.clear()
+            self._lowerdir_chars = len(kept)
+        self._lowerdirs[top] = kept
+        return kept
 
     def _remove_dirs(self, paths: list[str]) -> None:
         for path in paths:
