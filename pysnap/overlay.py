@@ -323,7 +323,11 @@ class OverlaySnapshotter:
         return f"{self._snapshots}/{sid}/fs"
 
     def _labelled(self, sid: int, info: Info) -> Info:
-        return info.replace(labels={**info.labels, UPPERDIR_LABEL: self._upper(sid)})
+        # Built as the decoder builds an Info: Info(...)/replace() take keywords
+        # and convert every field, which would cost stat more than the read.
+        kind, name, parent, labels, created, updated = info
+        labels = {**labels, UPPERDIR_LABEL: self._upper(sid)}
+        return tuple.__new__(Info, (kind, name, parent, labels, created, updated))
 
     def _create(self, kind: Kind, key: str, parent: str, labels: Labels) -> list[Mount]:
         with self._ms.transaction(write=True) as tx, contextlib.ExitStack() as undo:
