@@ -230,15 +230,24 @@ class OverlaySnapshotter:
         """Create a read-only VIEW ``key`` of the COMMITTED ``parent``; its mounts."""
         return self._create(Kind.VIEW, key, parent, labels)
 
-    def commit(self, name: str, key: str, labels: Labels = None) -> None:
+    def commit(
+        self, name: str, key: str, *, labels: Labels = None, parent: str | None = None
+    ) -> None:
         """Commit the ACTIVE snapshot ``key`` as the COMMITTED snapshot ``name``.
 
-        The upper directory's usage is computed and stored. Raises, in this
-        order: NotFoundError (no key), AlreadyExistsError (name taken),
-        FailedPreconditionError (key is not ACTIVE).
+        The upper directory's usage is computed and stored. ``parent`` sets
+        the parent of a snapshot prepared without one (containerd 2.2's
+        rebase, for parallel unpack); the one it has already is accepted.
+        Raises, in this order: NotFoundError (no key), AlreadyExistsError
+        (name taken), FailedPreconditionError (key is not ACTIVE), then for
+        ``parent``: InvalidArgumentError ("cannot change parent"),
+        NotFoundError (no such parent), FailedPreconditionError (parent not
+        committed).
         """
         # Checked before the walk, so bad input never costs one.
         storage.validate_key(name, "name")
+        if parent:
+            storage.validate_key(parent, "parent")
         storage.validate_labels(labels)
         with self._ms.transaction() as tx:
             sid, info, _ = storage.get_info(tx, key)  # one record, not the parent chain
@@ -251,7 +260,7 @@ class OverlaySnapshotter:
             except FileNotFoundError:
                 usage = self._restore_for_commit(key, sid)
         with self._ms.transaction(write=True) as tx:
-            storage.commit_active(tx, key, name, usage, labels, expected_id=sid)
+            storage.commit_active(tx, key, name, usage, labels, sid, parent or "")
 
     def update(self, info: Info, *fieldpaths: str) -> Info:
         """Change the labels of ``info.name`` and return its new Info.

@@ -348,25 +348,32 @@ def commit_active(
     usage: Usage,
     labels: Mapping[str, str] | None,
     expected_id: int | None = None,
+    parent: str = "",
 ) -> int:
     """Turn ACTIVE ``key`` into COMMITTED ``name``; return the (unchanged) id.
 
     ``name`` keeps the id and parent, gets ``usage`` and only the labels of
-    this call; ``created`` = ``updated`` = now. ``key`` disappears.
+    this call; ``created`` = ``updated`` = now. ``key`` disappears. A
+    ``parent`` given for a snapshot prepared without one becomes its parent
+    (containerd 2.2's rebase on commit); the same parent again changes nothing.
 
     Raises (in this order, as containerd's bolt.go CommitActive):
-        InvalidArgumentError: bad key, name, labels or usage.
-        NotFoundError: no snapshot ``key``, or its id is not ``expected_id``.
+        InvalidArgumentError: bad key, name, parent, labels or usage; a
+            ``parent`` other than the one already set ("cannot change parent").
+        NotFoundError: no snapshot ``key``, or its id is not ``expected_id``;
+            no snapshot ``parent``.
         AlreadyExistsError: ``name`` is taken.
-        FailedPreconditionError: ``key`` is not ACTIVE.
+        FailedPreconditionError: ``key`` is not ACTIVE; ``parent`` is not COMMITTED.
     """
     kb = _key_bytes(key)
     nb = _key_bytes(name, "name")
+    if parent != "":
+        _key_bytes(parent, "parent")
     clean = validate_labels(labels)
     size = _usage_int(usage[0], "size")
     inodes = _usage_int(usage[1], "inodes")
     txn, db = tx.txn, tx.snapshots
-    sid, kind, parent = _load(tx, key, kb)[:3]
+    sid, kind, old_parent = _load(tx, key, kb)[:3]
     # A key recreated since the caller read it is the snapshot gone, like a
     # missing key: checked first, whatever the new one's kind.
     if expected_id is not None and sid != expected_id:
@@ -379,12 +386,32 @@ def commit_active(
         raise FailedPreconditionError(
             f"cannot commit snapshot {key!r}: it is {_KINDS[kind]}, not active"
         )
+    if parent and parent != old_parent:
+        _rebase(tx, key, sid, old_parent, parent)
+    else:
+        parent = old_parent
     now = time.time_ns()
     txn.delete(kb, db=db)
     record = keys.encode_record(sid, Kind.COMMITTED, parent, clean, now, now, size, inodes)
     txn.put(nb, record, db=db)
     txn.put(keys.id_key(sid), nb, db=tx.ids)
     return sid
+
+
+def _rebase(tx: Txn, key: str, sid: int, old_parent: str, parent: str) -> None:
+    """Link the parentless snapshot ``sid`` under the COMMITTED ``parent`` (commit's rebase)."""
+    if old_parent:
+        raise InvalidArgumentError(
+            f"cannot change parent of active snapshot {key!r} on commit "
+            f"(from {old_parent!r} to {parent!r})"
+        )
+    raw = tx.txn.get(parent.encode(), None, tx.snapshots)
+    if raw is None:
+        raise NotFoundError(f"commit {key!r}: parent snapshot {parent!r} does not exist")
+    rec = _record(parent, raw)
+    if rec[1] != Kind.COMMITTED:
+        raise FailedPreconditionError(f"commit {key!r}: parent {parent!r} is not committed")
+    tx.txn.put(keys.parent_key(rec[0], sid), b"", db=tx.parents)
 
 
 def remove(tx: Txn, key: str) -> tuple[int, Kind]:

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from .. import __version__
 from ..errors import SnapshotError, kind_of
-from . import demo, du, mounting, snapshots
+from . import demo, du, mounting, remote, serve, snapshots
 from ._common import AddCommand, Handler
 from ._output import (
     EXIT_INTERRUPTED,
@@ -46,7 +46,7 @@ class CommandModule(Protocol):
 
 
 # The groups of subcommands, in the order `pysnap --help` lists them.
-COMMAND_MODULES: tuple[CommandModule, ...] = (snapshots, mounting, du, demo)
+COMMAND_MODULES: tuple[CommandModule, ...] = (snapshots, mounting, du, demo, serve)
 
 # Subcommands whose EPERM means "not root" rather than a file's permissions.
 _MOUNTING_COMMANDS = ("mount", "unmount", "umount", "demo")
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--version", action="version", version=f"pysnap {__version__}")
+    remote.add_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     # --json is accepted after the subcommand too; SUPPRESS keeps the global value.
