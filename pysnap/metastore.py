@@ -28,9 +28,10 @@ child may open the root afresh.
 
 ``MetaStore.chains`` maps snapshot ids to the ids of their ancestors
 (immediate parent first), so that prepare, view and mounts on a deep chain
-need not read one record per layer (issue 14). It can never be stale: a
-snapshot's parents never change and ids are never reused, and it holds only
-what committed transactions recorded (a write transaction's entries are
+need not read one record per layer (issue 14). It can never be stale: ids
+are never reused, it holds only chains that are final (every snapshot's but
+an ACTIVE one's without a parent, which commit may rebase), and only what
+committed transactions recorded (a write transaction's entries are
 merged after its commit: an aborted create's id is handed out again). It is
 a plain dict of this process, emptied when the ids it holds pass
 ``CHAINS_MAX``.

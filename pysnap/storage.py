@@ -149,12 +149,18 @@ def _load(tx: Txn, key: str, kb: bytes) -> tuple[int, int, str, dict[str, str], 
     return _record(key, raw)
 
 
-def _ancestors(tx: Txn, sid: int, parent: str) -> tuple[int, ...]:
+def _final_chain(kind: int, parent: str) -> bool:
+    """Whether a snapshot's parents are set for good: all but an ACTIVE one without
+    a parent, which commit may still give one (containerd 2.2's rebase)."""
+    return parent != "" or kind != Kind.ACTIVE
+
+
+def _ancestors(tx: Txn, sid: int, kind: int, parent: str) -> tuple[int, ...]:
     """The ids of the ancestors of snapshot ``sid``, whose parent is named ``parent``.
 
     Immediate parent first. From ``tx.chains`` (id -> this tuple, never stale:
     see pysnap.metastore) when it knows ``sid``; else the records are read by
-    name until an ancestor it knows, and ``sid``'s chain is learnt.
+    name until an ancestor it knows, and ``sid``'s chain is learnt if final.
     """
     chains = tx.chains
     known = chains.get(sid)
@@ -179,7 +185,8 @@ def _ancestors(tx: Txn, sid: int, parent: str) -> tuple[int, ...]:
         if len(ids) > _MAX_DEPTH:
             raise CorruptStoreError("metadata store corrupt: parent chain loops")
     chain = (*ids, *rest)
-    tx.learn(sid, chain)
+    if _final_chain(kind, parent):
+        tx.learn(sid, chain)
     return chain
 
 
@@ -237,14 +244,15 @@ def create_snapshot(
             raise InvalidArgumentError(
                 f"snapshot {key!r}: parent {parent!r} is not a committed snapshot"
             )
-        parent_ids = (rec[0], *_ancestors(tx, rec[0], rec[2]))
+        parent_ids = (rec[0], *_ancestors(tx, rec[0], rec[1], rec[2]))
     sid = _next_id(tx)
     now = time.time_ns()
     txn.put(kb, keys.encode_record(sid, kind, parent, clean, now, now), db=db)
     txn.put(keys.id_key(sid), kb, db=tx.ids)
     if parent_ids:
         txn.put(keys.parent_key(parent_ids[0], sid), b"", db=tx.parents)
-    tx.learn(sid, parent_ids)
+    if _final_chain(kind, parent):
+        tx.learn(sid, parent_ids)
     return Snapshot(sid, kind, parent_ids)
 
 
@@ -255,7 +263,7 @@ def get_snapshot(tx: Txn, key: str) -> Snapshot:
         NotFoundError: no snapshot ``key``.
     """
     rec = _load(tx, key, _key_bytes(key))
-    return Snapshot(rec[0], _KINDS[rec[1]], _ancestors(tx, rec[0], rec[2]))  # type: ignore[arg-type]
+    return Snapshot(rec[0], _KINDS[rec[1]], _ancestors(tx, rec[0], rec[1], rec[2]))  # type: ignore[arg-type]
 
 
 def get_info(tx: Txn, key: str) -> tuple[int, Info, Usage]:

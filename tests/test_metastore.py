@@ -679,3 +679,13 @@ def test_chains_of_another_process_are_read_from_records(tmp_path: Path) -> None
         new_base = info(ms, "base")[0]
         assert new_base != base
         assert _parent_ids(ms, "tip") == (new_base,)
+
+
+def test_chains_never_keep_a_parentless_active_that_commit_may_rebase(ms: MetaStore) -> None:
+    p = committed(ms, "p")
+    layer = create(ms, A, "layer")
+    assert _parent_ids(ms, "layer") == ()  # read, and not kept
+    with ms.transaction(write=True) as tx:
+        storage.commit_active(tx, "layer", "c", Usage(), None, parent="p")
+    assert _parent_ids(ms, "c") == (p,)
+    assert ms.chains[layer.id] == (p,)
