@@ -403,7 +403,7 @@ class OverlaySnapshotter:
             NotFoundError: no snapshot ``key``.
             CorruptStoreError: a COMMITTED snapshot with files lost its directory.
         """
-        lost: list[tuple[int, Kind, str]] = []  # (id, kind, key), tip first
+        lost: list[tuple[int, Kind, str]] = []  # (id, kind, parent name), tip first
         while key:
             sid, info, usage = storage.get_info(tx, key)
             if self._dirs_present(sid, info.kind):
