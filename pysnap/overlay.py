@@ -121,6 +121,7 @@ class OverlaySnapshotter:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(self._snapshots, 0o700)
         self._async_remove = async_remove
+        self._sync = sync  # apply(sync=None) follows it: syncfs after a layer
         self._lowerdirs: dict[int, str] = {}  # top parent id -> lowerdir value
         self._lowerdir_chars = 0
         self._upperdir_label = upperdir_label
