@@ -25,7 +25,7 @@ from types import TracebackType
 
 from snapcore import du
 
-from . import storage
+from . import blobstore, storage
 from .errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from .filters import compile_filters
 from .fsutil import remove_tree
@@ -226,7 +226,11 @@ class OverlaySnapshotter:
             self._remove_dirs([self._dir(sid)])
 
     def cleanup(self) -> None:
-        """Remove directories no live snapshot owns (crashed creates, unfinished removes)."""
+        """Remove directories no live snapshot owns (crashed creates, unfinished removes).
+
+        Also removes layer blobs (pysnap.blobstore) that no snapshot's
+        labels name any more, and blob copies whose writer is gone.
+        """
         with self._ms.transaction(write=True) as tx:
             live = {str(i) for i in storage.id_map(tx)}
             # Listed under the write lock: no create can be in flight now.
@@ -246,6 +250,7 @@ class OverlaySnapshotter:
                         continue
                     path = moved
                 orphans.append(path)
+            orphans += blobstore.reap(self.root, lambda: storage.walk_info(tx))
         self._remove_dirs(orphans)
 
     # -- internals ----------------------------------------------------------
