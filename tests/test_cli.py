@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from pysnap import cli, errors
+from pysnap import errors
 from pysnap.cli import build_parser, human_size, main, rfc3339
+from pysnap.cli import du as cli_du
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
@@ -134,7 +135,7 @@ def test_unexpected_error_exit_1(run: Run, monkeypatch: pytest.MonkeyPatch) -> N
     def boom(args: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(cli, "cmd_du", boom)
+    monkeypatch.setattr(cli_du, "cmd_du", boom)
     code, _, err = run("du", ".")
     assert code == 1
     assert "RuntimeError: a bug" in err
@@ -144,7 +145,7 @@ def test_keyboard_interrupt_exit_130(run: Run, monkeypatch: pytest.MonkeyPatch) 
     def interrupted(args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_du", interrupted)
+    monkeypatch.setattr(cli_du, "cmd_du", interrupted)
     code, _, err = run("du", ".")
     assert code == 130
     assert "Traceback" not in err
@@ -154,7 +155,7 @@ def test_json_error_on_stderr(run: Run, monkeypatch: pytest.MonkeyPatch) -> None
     def fails(args: object) -> None:
         raise errors.NotFoundError("snapshot 'x'")
 
-    monkeypatch.setattr(cli, "cmd_du", fails)
+    monkeypatch.setattr(cli_du, "cmd_du", fails)
     code, out, err = run("--json", "du", ".")
     assert code == 3
     assert out == ""

@@ -1,0 +1,142 @@
+"""The ``pysnap`` command: ``ctr snapshots`` for a pysnap root.
+
+Data goes to stdout (a table, or one JSON document with ``--json``); errors go
+to stderr (as JSON under ``--json``). Exit codes (borg's scheme): 0 ok,
+1 unexpected, 2 usage, 3-12 the error kinds of :mod:`pysnap.errors`
+(3 not found, 4 already exists, 5 failed precondition, 6 invalid argument, ...),
+7 an ``OSError``, 130 interrupted (Ctrl-C), 141 stdout closed early (SIGPIPE).
+
+Each group of subcommands is a module with a ``register(add)`` function;
+:data:`COMMAND_MODULES` lists them, so a new group is one module and one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Protocol
+
+from .. import __version__
+from ..errors import SnapshotError
+from . import demo, du, mounting, snapshots
+from ._common import AddCommand, Handler
+from ._output import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_OSERROR,
+    EXIT_PIPE,
+    EXIT_UNEXPECTED,
+    EXIT_USAGE,
+    clear_progress,
+    fail,
+    human_size,
+    oserror_code,
+    rfc3339,
+)
+
+DEFAULT_ROOT = "/var/lib/pysnap"
+
+
+class CommandModule(Protocol):
+    def register(self, add: AddCommand) -> None: ...
+
+
+# The groups of subcommands, in the order `pysnap --help` lists them.
+COMMAND_MODULES: tuple[CommandModule, ...] = (snapshots, mounting, du, demo)
+
+# Subcommands whose EPERM means "not root" rather than a file's permissions.
+_MOUNTING_COMMANDS = ("mount", "unmount", "umount", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``pysnap`` (global options, then one subcommand)."""
+    root_default = os.environ.get("PYSNAP_ROOT") or DEFAULT_ROOT
+    parser = argparse.ArgumentParser(
+        prog="pysnap",
+        description="Manage overlay snapshots: containerd's snapshotter model, from the shell.",
+        epilog="Exit codes: 0 ok, 1 unexpected, 2 usage, 3 not found, 4 already exists, "
+        "5 failed precondition, 6 invalid argument, 7 OS error, 130 interrupted.",
+    )
+    parser.add_argument(
+        "--root",
+        default=root_default,
+        help=f"snapshotter root (default: $PYSNAP_ROOT or {DEFAULT_ROOT}; now {root_default})",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--version", action="version", version=f"pysnap {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # --json is accepted after the subcommand too; SUPPRESS keeps the global value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON")
+
+    def add(
+        name: str, func: Handler, help: str, aliases: Sequence[str] = ()
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name, help=help, description=help, aliases=list(aliases), parents=[common]
+        )
+        p.set_defaults(func=func)
+        return p
+
+    for module in COMMAND_MODULES:
+        module.register(add)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``pysnap`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, usage errors
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    command = args.command
+    try:
+        return args.func(args) or EXIT_OK
+    except SnapshotError as e:
+        return fail(args, e.code, f"{command}: {e}", e.exit_code)
+    except BrokenPipeError:
+        # The reader went away (`pysnap ls | head`): stop quietly, as cat does.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE
+    except OSError as e:
+        msg = f"{command}: {e}"
+        if e.errno == errno.EPERM and command in _MOUNTING_COMMANDS:
+            msg += " (mounting needs root: CAP_SYS_ADMIN)"
+        return fail(args, oserror_code(e), msg, EXIT_OSERROR)
+    except KeyboardInterrupt:
+        clear_progress()
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write("pysnap: interrupted\n")
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        with contextlib.suppress(OSError, ValueError):
+            traceback.print_exc()
+        return fail(args, "unexpected", f"{command}: {type(e).__name__}: {e}", EXIT_UNEXPECTED)
+
+
+def run() -> None:
+    """The console script: ``sys.exit(main())``."""
+    try:
+        code = main()
+    except KeyboardInterrupt:  # Ctrl-C before main's handler was in place
+        code = EXIT_INTERRUPTED
+    sys.exit(code)
+
+
+__all__ = [
+    "COMMAND_MODULES",
+    "DEFAULT_ROOT",
+    "build_parser",
+    "human_size",
+    "main",
+    "rfc3339",
+    "run",
+]

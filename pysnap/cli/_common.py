@@ -1,0 +1,51 @@
+"""What several subcommand modules share: label arguments and opening the root."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..overlay import OverlaySnapshotter
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+
+class AddCommand(Protocol):
+    """``add(name, handler, help, aliases)``: a new subcommand's parser, --json included."""
+
+    def __call__(
+        self, name: str, func: Handler, help: str, aliases: Sequence[str] = ()
+    ) -> argparse.ArgumentParser: ...
+
+
+def label_arg(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"label {text!r} is not KEY=VALUE")
+    return key, value
+
+
+def labels(pairs: Sequence[tuple[str, str]] | None) -> dict[str, str]:
+    # The last value of a repeated key wins (ctr's LabelArgs), then "" drops it.
+    return {k: v for k, v in dict(pairs or ()).items() if v}
+
+
+def label_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--label",
+        action="append",
+        type=label_arg,
+        metavar="KEY=VALUE",
+        help="a label for the snapshot (repeatable)",
+    )
+
+
+@contextlib.contextmanager
+def snapshotter(args: argparse.Namespace) -> Iterator[OverlaySnapshotter]:
+    from ..overlay import OverlaySnapshotter  # imported late: `du` needs only snapcore
+
+    with OverlaySnapshotter(args.root) as sn:
+        yield sn
