@@ -7,10 +7,15 @@ import hashlib
 import io
 import json
 import os
+import shutil
+import stat
+import subprocess
 import tarfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from pysnap.fsutil import remove_tree
 
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -126,3 +131,79 @@ def docker_archive(path: Path, images: list[tuple[list[str], list[bytes]]]) -> P
             ti.size = len(data)
             tar.addfile(ti, io.BytesIO(data))
     return path
+
+
+def umoci(*args: str) -> None:
+    subprocess.run(["umoci", *args], check=True, capture_output=True, timeout=120)
+
+
+def _busybox_layer(rootfs: Path) -> None:
+    (rootfs / "bin").mkdir(exist_ok=True)
+    shutil.copy2("/usr/bin/busybox", rootfs / "bin" / "busybox")
+    for applet in ("sh", "cat", "ls", "echo"):
+        os.symlink("busybox", rootfs / "bin" / applet)
+    (rootfs / "etc").mkdir(exist_ok=True)
+    (rootfs / "etc" / "hostname").write_text("pysnap\n")
+    (rootfs / "etc" / "old.txt").write_text("deleted by the next layer\n")
+    (rootfs / "data").mkdir()
+    (rootfs / "data" / "hard1").write_text("linked\n")
+    os.link(rootfs / "data" / "hard1", rootfs / "data" / "hard2")
+    tool = rootfs / "data" / "tool"
+    tool.write_text("#!/bin/sh\n")
+    os.chown(tool, 1000, 1000)
+    os.chmod(tool, 0o4755)
+    (rootfs / "tmp").mkdir(exist_ok=True)
+    os.chmod(rootfs / "tmp", 0o1777)
+
+
+def _greeting_layer(rootfs: Path) -> None:
+    (rootfs / "greeting").write_text("hello from the second layer\n")
+    (rootfs / "etc" / "old.txt").unlink()
+    os.chmod(rootfs / "etc" / "hostname", 0o600)
+    (rootfs / "data" / "sub" / "deep").mkdir(parents=True)
+    (rootfs / "data" / "sub" / "deep" / "f").write_text("deep\n")
+
+
+def umoci_busybox(workdir: Path, tag: str = "bb") -> tuple[Path, str]:
+    """A two-layer image built offline with umoci from busybox-static; (layout, tag).
+
+    Layer 0: /bin/busybox and applet symlinks, /etc files, a hard link, a
+    setuid file owned by 1000, /tmp 1777. Layer 1: /greeting, /etc/old.txt
+    deleted (a whiteout), a mode change, new nested directories. The command
+    is ``/bin/cat /greeting``.
+    """
+    layout = workdir / "oci"
+    image = f"{layout}:{tag}"
+    umoci("init", "--layout", str(layout))
+    umoci("new", "--image", image)
+    for n, add in enumerate((_busybox_layer, _greeting_layer)):
+        bundle = workdir / f"bundle-{n}"
+        umoci("unpack", "--image", image, str(bundle))
+        add(bundle / "rootfs")
+        umoci("repack", "--image", image, str(bundle))
+        remove_tree(bundle)
+    umoci("config", "--image", image, "--config.cmd", "/bin/cat", "--config.cmd", "/greeting")
+    return layout, tag
+
+
+def tree(root: Path) -> dict[str, tuple[object, ...]]:
+    """Every entry under ``root`` (not itself): type, mode, owner, size, mtime, target, content."""
+    out: dict[str, tuple[object, ...]] = {}
+    inodes: dict[tuple[int, int], str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()  # a fixed order: hard links are named by their first name
+        for name in sorted(dirnames + filenames):
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            rel = os.path.relpath(path, root)
+            what: object = None
+            if stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as f:
+                    what = hashlib.sha256(f.read()).hexdigest()
+                # hard links: the same file under every name (compared by first name)
+                what = (what, inodes.setdefault((st.st_dev, st.st_ino), rel))
+            elif stat.S_ISLNK(st.st_mode):
+                what = os.readlink(path)
+            mtime = None if stat.S_ISDIR(st.st_mode) else st.st_mtime_ns
+            out[rel] = (st.st_mode, st.st_uid, st.st_gid, st.st_size, mtime, what)
+    return out
