@@ -1,6 +1,7 @@
 """pysnap: a layered-filesystem snapshotter, containerd's overlay model with a Cython core."""
 
 from . import errors
+from .archive import Layer
 from .mounts import mount_all, mounted, unmount, unmount_all
 from .overlay import OverlaySnapshotter
 from .types import Info, Kind, Mount, Usage
@@ -8,6 +9,7 @@ from .types import Info, Kind, Mount, Usage
 __all__ = [
     "Info",
     "Kind",
+    "Layer",
     "Mount",
     "OverlaySnapshotter",
     "Usage",

@@ -26,6 +26,9 @@ from types import TracebackType
 from snapcore import du
 
 from . import blobstore, storage
+from .archive import Layer, guard
+from .archive.apply import LayerSource, apply_to_snapshot
+from .archive.diff import LayerTarget, diff_upper
 from .errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from .filters import compile_filters
 from .fsutil import remove_tree
@@ -183,6 +186,12 @@ class OverlaySnapshotter:
         storage.validate_labels(labels)
         with self._ms.transaction() as tx:
             sid, info, _ = storage.get_info(tx, key)  # one record, not the parent chain
+        with guard.exclusive(self._dir(sid), "commit", key):  # no apply of it meanwhile
+            if info.kind == Kind.ACTIVE:
+                guard.refuse_interrupted(self._dir(sid), "commit", key)
+            self._commit(name, key, labels, sid, info)
+
+    def _commit(self, name: str, key: str, labels: Labels, sid: int, info: Info) -> None:
         usage = Usage()
         if info.kind == Kind.ACTIVE:
             # The walk runs outside the write transaction; commit_active checks
@@ -220,10 +229,64 @@ class OverlaySnapshotter:
         Raises NotFoundError, or FailedPreconditionError ("cannot remove
         snapshot with child").
         """
-        with self._ms.transaction(write=True) as tx:
+        with self._ms.transaction() as tx:
+            sid = storage.get_info(tx, key)[0]
+        with guard.exclusive(self._dir(sid), "remove", key), self._ms.transaction(write=True) as tx:
             sid, _ = storage.remove(tx, key)
         if not self._async_remove:
             self._remove_dirs([self._dir(sid)])
+
+    def apply(
+        self,
+        key: str,
+        layer: LayerSource,
+        *,
+        diff_id: str | None = None,
+        sync: bool | None = None,
+        force: bool = False,
+    ) -> Layer:
+        """Apply the OCI layer ``layer`` (a path or a binary file) into the ACTIVE ``key``.
+
+        tar, tar+gzip or tar+zstd, detected by magic, unpacked straight into
+        the upper directory with containerd's overlay semantics (see
+        pysnap.archive.apply). ``diff_id``: the expected one, checked after
+        the whole stream was read. ``sync``: syncfs once at the end (None:
+        the snapshotter's setting). ``force``: apply although the upper is
+        mounted. Raises NotFoundError, FailedPreconditionError (not ACTIVE,
+        mounted, busy, interrupted apply), InvalidArgumentError (a refused
+        stream or entry, a diff ID that does not match), OSError.
+        """
+        with self._ms.transaction() as tx:
+            snap = storage.get_snapshot(tx, key)
+        if snap.kind != Kind.ACTIVE:
+            raise FailedPreconditionError(f"apply {key!r}: snapshot is not active")
+        lowers = [self._upper(p) for p in snap.parent_ids]
+        sync = self._sync if sync is None else sync
+        return apply_to_snapshot(
+            key, self._dir(snap.id), lowers, layer, diff_id=diff_id, sync=sync, force=force
+        )
+
+    def diff(
+        self,
+        key: str,
+        out: LayerTarget,
+        *,
+        compression: str | None = "gzip",
+        level: int | None = None,
+    ) -> Layer:
+        """Write the layer of the ACTIVE or COMMITTED ``key`` (its own upper) to ``out``.
+
+        ``out`` is a path (written under a temporary name, renamed at the
+        end) or a binary file. ``compression``: "gzip", "zstd" or None.
+        Same tree, same pysnap and compression library: same bytes. Raises
+        NotFoundError, FailedPreconditionError (a VIEW; an upper written
+        with redirect_dir or metacopy), InvalidArgumentError, OSError.
+        """
+        with self._ms.transaction() as tx:
+            snap = storage.get_snapshot(tx, key)
+        if snap.kind == Kind.VIEW:
+            raise FailedPreconditionError(f"diff {key!r}: a view has no layer of its own")
+        return diff_upper(key, self._upper(snap.id), out, compression_=compression, level=level)
 
     def cleanup(self) -> None:
         """Remove directories no live snapshot owns (crashed creates, unfinished removes).
