@@ -133,8 +133,9 @@ def _write(p: Path, data: bytes) -> None:
 
 
 def mk_link(target: str, name: str) -> Callable[[Path], None]:
-    return lambda root: os.link(resolve(root, target), resolve(root, os.path.dirname(name))
-                                / os.path.basename(name))
+    return lambda root: os.link(
+        resolve(root, target), resolve(root, os.path.dirname(name)) / os.path.basename(name)
+    )
 
 
 U = b"unbroken"
@@ -142,108 +143,224 @@ PASSWD = [dir_("etc", 0o770), file("/etc/passwd", b"inside")]
 
 # name -> (prepare the upper, members, check of the upper or the error class)
 CASES: dict[str, tuple[Callable[[Path], None] | None, list, Check | type[Exception]]] = {
-    "SymlinkAbsolute": (None, [dir_("etc"), symlink("/etc", "localetc"),
-                               file("/localetc/unbroken", U)], unbroken),
-    "SymlinkUpAndOut": (None, [dir_("etc"), dir_("dummy"), symlink("/dummy/../etc", "localetc"),
-                               file("/localetc/unbroken", U)], unbroken),
-    "SymlinkMultipleAbsolute": (None, [dir_("etc"), dir_("dummy"), symlink("/etc", "/dummy/etc"),
-                                       symlink("/dummy/etc", "localetc"),
-                                       file("/dummy/etc/unbroken", U)], unbroken),
-    "SymlinkMultipleRelative": (None, [dir_("etc"), dir_("dummy"), symlink("/etc", "/dummy/etc"),
-                                       symlink("./dummy/etc", "localetc"),
-                                       file("/dummy/etc/unbroken", U)], unbroken),
-    "SymlinkEmptyFile": (None, [dir_("etc"), file("etc/emptied", b"notempty"),
-                                symlink("/etc", "localetc"), file("/localetc/emptied", b"")],
-                         value("etc/emptied", b"")),
-    "HardlinkRelative": (None, [*PASSWD, dir_("breakouts"), symlink("../../etc", "breakouts/d1"),
-                                link("/breakouts/d1/passwd", "breakouts/mypasswd")],
-                         same_file("/breakouts/mypasswd", "/etc/passwd")),
-    "HardlinkDownAndOut": (None, [*PASSWD, dir_("breakouts"), dir_("downandout"),
-                                  symlink("../downandout/../../etc", "breakouts/d1"),
-                                  link("/breakouts/d1/passwd", "breakouts/mypasswd")],
-                           same_file("/breakouts/mypasswd", "/etc/passwd")),
-    "HardlinkAbsolute": (None, [*PASSWD, symlink("/etc", "localetc"),
-                                link("/localetc/passwd", "localpasswd")],
-                         same_file("localpasswd", "/etc/passwd")),
-    "HardlinkRelativeLong": (None, [*PASSWD, symlink("../../../../../../../etc", "localetc"),
-                                    link("/localetc/passwd", "localpasswd")],
-                             same_file("localpasswd", "/etc/passwd")),
-    "HardlinkRelativeUpAndOut": (None, [*PASSWD, symlink("upandout/../../../etc", "localetc"),
-                                        link("/localetc/passwd", "localpasswd")],
-                                 same_file("localpasswd", "/etc/passwd")),
-    "HardlinkDirectRelative": (None, [*PASSWD, link("../../../../../etc/passwd", "localpasswd")],
-                               same_file("localpasswd", "/etc/passwd")),
-    "HardlinkDirectAbsolute": (None, [*PASSWD, link("/etc/passwd", "localpasswd")],
-                               same_file("localpasswd", "/etc/passwd")),
-    "SymlinkParentDirectory": (None, [*PASSWD, symlink("/etc/", ".."),
-                                      link("/etc/passwd", "localpasswd")],
-                               same_file("/localpasswd", "/etc/passwd")),
-    "SymlinkEmptyFilename": (None, [*PASSWD, symlink("/etc/", ""),
-                                    link("/etc/passwd", "localpasswd")],
-                             same_file("/localpasswd", "/etc/passwd")),
-    "SymlinkParentRelative": (None, [*PASSWD, symlink("/etc/", "localetc/sub/.."),
-                                     link("/etc/passwd", "/localetc/localpasswd")],
-                              same_file("/localetc/localpasswd", "/etc/passwd")),
-    "SymlinkSlashEnded": (None, [*PASSWD, dir_("localetc/", 0o770),
-                                 link("/etc/passwd", "/localetc/localpasswd")],
-                          same_file("/localetc/localpasswd", "/etc/passwd")),
-    "SymlinkOverrideDirectory": (then(pre_etc(), mk_dir("localetc")),
-                                 [symlink("/etc", "localetc"),
-                                  link("/etc/passwd", "/localetc/localpasswd")],
-                                 same_file("/localetc/localpasswd", "/etc/passwd")),
-    "SymlinkOverrideDirectoryRelative": (then(pre_etc(), mk_dir("localetc")),
-                                         [symlink("../../etc", "localetc"),
-                                          link("/etc/passwd", "/localetc/localpasswd")],
-                                         same_file("/localetc/localpasswd", "/etc/passwd")),
-    "DirectoryOverrideSymlink": (then(pre_etc(), mk_symlink("/etc", "localetc")),
-                                 [dir_("/localetc/"), link("/etc/passwd", "/localetc/localpasswd")],
-                                 same_file("/localetc/localpasswd", "/etc/passwd")),
+    "SymlinkAbsolute": (
+        None,
+        [dir_("etc"), symlink("/etc", "localetc"), file("/localetc/unbroken", U)],
+        unbroken,
+    ),
+    "SymlinkUpAndOut": (
+        None,
+        [
+            dir_("etc"),
+            dir_("dummy"),
+            symlink("/dummy/../etc", "localetc"),
+            file("/localetc/unbroken", U),
+        ],
+        unbroken,
+    ),
+    "SymlinkMultipleAbsolute": (
+        None,
+        [
+            dir_("etc"),
+            dir_("dummy"),
+            symlink("/etc", "/dummy/etc"),
+            symlink("/dummy/etc", "localetc"),
+            file("/dummy/etc/unbroken", U),
+        ],
+        unbroken,
+    ),
+    "SymlinkMultipleRelative": (
+        None,
+        [
+            dir_("etc"),
+            dir_("dummy"),
+            symlink("/etc", "/dummy/etc"),
+            symlink("./dummy/etc", "localetc"),
+            file("/dummy/etc/unbroken", U),
+        ],
+        unbroken,
+    ),
+    "SymlinkEmptyFile": (
+        None,
+        [
+            dir_("etc"),
+            file("etc/emptied", b"notempty"),
+            symlink("/etc", "localetc"),
+            file("/localetc/emptied", b""),
+        ],
+        value("etc/emptied", b""),
+    ),
+    "HardlinkRelative": (
+        None,
+        [
+            *PASSWD,
+            dir_("breakouts"),
+            symlink("../../etc", "breakouts/d1"),
+            link("/breakouts/d1/passwd", "breakouts/mypasswd"),
+        ],
+        same_file("/breakouts/mypasswd", "/etc/passwd"),
+    ),
+    "HardlinkDownAndOut": (
+        None,
+        [
+            *PASSWD,
+            dir_("breakouts"),
+            dir_("downandout"),
+            symlink("../downandout/../../etc", "breakouts/d1"),
+            link("/breakouts/d1/passwd", "breakouts/mypasswd"),
+        ],
+        same_file("/breakouts/mypasswd", "/etc/passwd"),
+    ),
+    "HardlinkAbsolute": (
+        None,
+        [*PASSWD, symlink("/etc", "localetc"), link("/localetc/passwd", "localpasswd")],
+        same_file("localpasswd", "/etc/passwd"),
+    ),
+    "HardlinkRelativeLong": (
+        None,
+        [
+            *PASSWD,
+            symlink("../../../../../../../etc", "localetc"),
+            link("/localetc/passwd", "localpasswd"),
+        ],
+        same_file("localpasswd", "/etc/passwd"),
+    ),
+    "HardlinkRelativeUpAndOut": (
+        None,
+        [
+            *PASSWD,
+            symlink("upandout/../../../etc", "localetc"),
+            link("/localetc/passwd", "localpasswd"),
+        ],
+        same_file("localpasswd", "/etc/passwd"),
+    ),
+    "HardlinkDirectRelative": (
+        None,
+        [*PASSWD, link("../../../../../etc/passwd", "localpasswd")],
+        same_file("localpasswd", "/etc/passwd"),
+    ),
+    "HardlinkDirectAbsolute": (
+        None,
+        [*PASSWD, link("/etc/passwd", "localpasswd")],
+        same_file("localpasswd", "/etc/passwd"),
+    ),
+    "SymlinkParentDirectory": (
+        None,
+        [*PASSWD, symlink("/etc/", ".."), link("/etc/passwd", "localpasswd")],
+        same_file("/localpasswd", "/etc/passwd"),
+    ),
+    "SymlinkEmptyFilename": (
+        None,
+        [*PASSWD, symlink("/etc/", ""), link("/etc/passwd", "localpasswd")],
+        same_file("/localpasswd", "/etc/passwd"),
+    ),
+    "SymlinkParentRelative": (
+        None,
+        [
+            *PASSWD,
+            symlink("/etc/", "localetc/sub/.."),
+            link("/etc/passwd", "/localetc/localpasswd"),
+        ],
+        same_file("/localetc/localpasswd", "/etc/passwd"),
+    ),
+    "SymlinkSlashEnded": (
+        None,
+        [*PASSWD, dir_("localetc/", 0o770), link("/etc/passwd", "/localetc/localpasswd")],
+        same_file("/localetc/localpasswd", "/etc/passwd"),
+    ),
+    "SymlinkOverrideDirectory": (
+        then(pre_etc(), mk_dir("localetc")),
+        [symlink("/etc", "localetc"), link("/etc/passwd", "/localetc/localpasswd")],
+        same_file("/localetc/localpasswd", "/etc/passwd"),
+    ),
+    "SymlinkOverrideDirectoryRelative": (
+        then(pre_etc(), mk_dir("localetc")),
+        [symlink("../../etc", "localetc"), link("/etc/passwd", "/localetc/localpasswd")],
+        same_file("/localetc/localpasswd", "/etc/passwd"),
+    ),
+    "DirectoryOverrideSymlink": (
+        then(pre_etc(), mk_symlink("/etc", "localetc")),
+        [dir_("/localetc/"), link("/etc/passwd", "/localetc/localpasswd")],
+        same_file("/localetc/localpasswd", "/etc/passwd"),
+    ),
     "DirectoryOverrideSymlinkAndHardlink": (
-        then(pre_etc(), mk_symlink("etc", "localetc"),
-             mk_link("/etc/passwd", "/localetc/localpasswd")),
+        then(
+            pre_etc(),
+            mk_symlink("etc", "localetc"),
+            mk_link("/etc/passwd", "/localetc/localpasswd"),
+        ),
         [dir_("/localetc/"), file("/localetc/localpasswd", b"different")],
-        not_same_file("/localetc/localpasswd", "/etc/passwd")),
+        not_same_file("/localetc/localpasswd", "/etc/passwd"),
+    ),
     "WhiteoutRootParent": (pre_etc(), [file(".wh...", b"")], InvalidArgumentError),
     "WhiteoutParent": (pre_etc(), [file("etc/.wh...", b"")], InvalidArgumentError),
     "WhiteoutRoot": (pre_etc(), [file(".wh..", b"")], InvalidArgumentError),
     "WhiteoutCurrentDirectory": (pre_etc(), [file("etc/.wh..", b"")], InvalidArgumentError),
     # overlay: the symlink is replaced by a whiteout device, /etc stays
-    "WhiteoutSymlink": (then(pre_etc(b"all users"), mk_symlink("/etc", "localetc")),
-                        [file(".wh.localetc", b"")],
-                        all_of(value("etc/passwd", b"all users"), whited_out("localetc"))),
-    "WhiteoutSymlinkPath": (then(pre_etc(b"all users"), mk_file("etc/whitedout", b"ahhhh"),
-                                 mk_symlink("/etc", "localetc")),
-                            [file("localetc/.wh.whitedout", b"")],
-                            all_of(value("etc/passwd", b"all users"),
-                                   whited_out("etc/whitedout"), is_symlink("localetc"))),
-    "WhiteoutDirectoryName": (then(pre_etc(b"all users"), mk_file("etc/whitedout", b"ahhhh"),
-                                   mk_symlink("/etc", "localetc")),
-                              [file(".wh.etc/somefile", b"non-empty")],
-                              all_of(value("etc/passwd", b"all users"),
-                                     value(".wh.etc/somefile", b"non-empty"))),
+    "WhiteoutSymlink": (
+        then(pre_etc(b"all users"), mk_symlink("/etc", "localetc")),
+        [file(".wh.localetc", b"")],
+        all_of(value("etc/passwd", b"all users"), whited_out("localetc")),
+    ),
+    "WhiteoutSymlinkPath": (
+        then(
+            pre_etc(b"all users"),
+            mk_file("etc/whitedout", b"ahhhh"),
+            mk_symlink("/etc", "localetc"),
+        ),
+        [file("localetc/.wh.whitedout", b"")],
+        all_of(
+            value("etc/passwd", b"all users"), whited_out("etc/whitedout"), is_symlink("localetc")
+        ),
+    ),
+    "WhiteoutDirectoryName": (
+        then(
+            pre_etc(b"all users"),
+            mk_file("etc/whitedout", b"ahhhh"),
+            mk_symlink("/etc", "localetc"),
+        ),
+        [file(".wh.etc/somefile", b"non-empty")],
+        all_of(value("etc/passwd", b"all users"), value(".wh.etc/somefile", b"non-empty")),
+    ),
     # the dead symlink's target is made inside the root, and the whiteout put there
-    "WhiteoutDeadSymlinkParent": (then(pre_etc(b"all users"), mk_symlink("/dne", "localetc")),
-                                  [file("localetc/.wh.etc", b"")],
-                                  all_of(value("etc/passwd", b"all users"),
-                                         whited_out("dne/etc"))),
-    "WhiteoutRelativePath": (then(pre_etc(b"all users"), mk_symlink("/dne", "localetc")),
-                             [file("dne/../.wh.etc", b"")],
-                             all_of(absent("etc/passwd"), whited_out("etc"))),
-    "HardlinkSymlinkBeforeCreateTarget": (None, [dir_("etc", 0o770),
-                                                 symlink("/etc/passwd", "localpasswd"),
-                                                 link("localpasswd", "localpasswd-dup"),
-                                                 file("/etc/passwd", b"after")],
-                                          same_file("localpasswd-dup", "/etc/passwd")),
-    "HardlinkSymlinkRelative": (None, [*PASSWD, symlink("../../../../../etc/passwd", "passwdlink"),
-                                       link("/passwdlink", "localpasswd")],
-                                all_of(is_symlink("localpasswd"),
-                                       same_file("/localpasswd", "/etc/passwd"),
-                                       lambda r: _eq(os.readlink(r / "localpasswd"),
-                                                     os.readlink(r / "passwdlink")))),
-    "HardlinkSymlinkAbsolute": (None, [*PASSWD, symlink("/etc/passwd", "passwdlink"),
-                                       link("/passwdlink", "localpasswd")],
-                                all_of(is_symlink("localpasswd"),
-                                       same_file("/localpasswd", "/etc/passwd"))),
+    "WhiteoutDeadSymlinkParent": (
+        then(pre_etc(b"all users"), mk_symlink("/dne", "localetc")),
+        [file("localetc/.wh.etc", b"")],
+        all_of(value("etc/passwd", b"all users"), whited_out("dne/etc")),
+    ),
+    "WhiteoutRelativePath": (
+        then(pre_etc(b"all users"), mk_symlink("/dne", "localetc")),
+        [file("dne/../.wh.etc", b"")],
+        all_of(absent("etc/passwd"), whited_out("etc")),
+    ),
+    "HardlinkSymlinkBeforeCreateTarget": (
+        None,
+        [
+            dir_("etc", 0o770),
+            symlink("/etc/passwd", "localpasswd"),
+            link("localpasswd", "localpasswd-dup"),
+            file("/etc/passwd", b"after"),
+        ],
+        same_file("localpasswd-dup", "/etc/passwd"),
+    ),
+    "HardlinkSymlinkRelative": (
+        None,
+        [
+            *PASSWD,
+            symlink("../../../../../etc/passwd", "passwdlink"),
+            link("/passwdlink", "localpasswd"),
+        ],
+        all_of(
+            is_symlink("localpasswd"),
+            same_file("/localpasswd", "/etc/passwd"),
+            lambda r: _eq(os.readlink(r / "localpasswd"), os.readlink(r / "passwdlink")),
+        ),
+    ),
+    "HardlinkSymlinkAbsolute": (
+        None,
+        [*PASSWD, symlink("/etc/passwd", "passwdlink"), link("/passwdlink", "localpasswd")],
+        all_of(is_symlink("localpasswd"), same_file("/localpasswd", "/etc/passwd")),
+    ),
 }
 
 
@@ -291,9 +408,16 @@ def test_symlink_override_path(snap, tmp_path: Path) -> None:
     sn, upper = snap
     name = "breakout-" + tmp_path.name
     host = Path("/tmp") / name
-    members = [dir_("foo"), dir_("foo/tmp"), file(f"foo/tmp/{name}", b"\0\1\2"),
-               symlink("/", "foo"), file(f"foo/tmp/{name}", b"\3\4\5"),
-               dir_("foo"), dir_("foo/tmp"), file(f"foo/tmp/{name}", b"\6\7\x08")]
+    members = [
+        dir_("foo"),
+        dir_("foo/tmp"),
+        file(f"foo/tmp/{name}", b"\0\1\2"),
+        symlink("/", "foo"),
+        file(f"foo/tmp/{name}", b"\3\4\5"),
+        dir_("foo"),
+        dir_("foo/tmp"),
+        file(f"foo/tmp/{name}", b"\6\7\x08"),
+    ]
     sn.apply("k", io.BytesIO(tar(*members)))
     assert not host.exists()
     assert (upper / "foo/tmp" / name).read_bytes() == b"\6\7\x08"

@@ -86,7 +86,10 @@ def cmd_unpack(args: argparse.Namespace) -> None:
         )
         return
     rows = [["CHAIN ID", "DIFF ID", "SIZE", "ENTRIES"]]
-    rows += [[x["chain_id"], x["diff_id"], str(x["size"]), str(x["entries"])] for x in layers]
+    rows += [
+        [chain, layer.diff_id, str(layer.size), str(layer.entries)]
+        for chain, layer in zip(image.chain_ids, image.layers, strict=True)
+    ]
     table(rows, sys.stdout)
     print(f"top: {image.top}")
 

@@ -20,16 +20,21 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from .. import blobstore, owner
-from ..errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
+from ..archive import Layer
+from ..errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from ..types import Info, Kind
 from .layout import ImageSource, LayerBlob
 from .oci import chain_ids, media_type_of
 
 if TYPE_CHECKING:
-    from ..archive.layer import Layer
     from ..overlay import OverlaySnapshotter
 
 __all__ = [
@@ -180,8 +185,6 @@ def _apply(
     parent: str,
 ) -> tuple[Layer, Info]:
     """Apply one layer into an extract key and commit it as ``chain``; its Layer and Info."""
-    from ..archive.layer import Layer
-
     what = _what(i, blob)
     key = f"{EXTRACT_PREFIX}{time.time_ns()}-{secrets.token_hex(4)} {chain}"
     labels = _labels(blob, diff_id, chain, parent)
@@ -193,9 +196,14 @@ def _apply(
         ingest = None if have else blobstore.Ingest(sn.root)
         with src.open_blob(blob, what, tee=ingest) as reader:
             try:
-                applied = sn.apply(key, reader, diff_id=diff_id)
+                # a RawIOBase: what apply reads of a BinaryIO (read/readinto) it has
+                applied = sn.apply(key, cast(BinaryIO, reader), diff_id=diff_id)
             except Exception as e:
-                if reader.error is not None:  # the blob's fault, whatever apply made of it
+                # A damaged blob fails the apply first (a gzip CRC, a tar header):
+                # read it to its end, and report the blob's digest if that is it.
+                with contextlib.suppress(InvalidArgumentError):
+                    reader.finish()
+                if reader.error is not None:
                     raise reader.error from e
                 raise
             digest = reader.finish()
@@ -231,8 +239,6 @@ def _apply(
 
 def _reused(blob: LayerBlob, diff_id: str, info: Info) -> Layer:
     """The Layer of ``blob``, already unpacked as ``info``: this image's blob, else its labels."""
-    from ..archive.layer import Layer
-
     labels = info.labels
     digest = blob.desc.digest or labels.get(blobstore.BLOB_DIGEST_LABEL, "")
     media_type = blob.desc.media_type
