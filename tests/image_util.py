@@ -107,7 +107,8 @@ def tar_of(directory: Path, out: Path) -> Path:
 
 def docker_archive(path: Path, images: list[tuple[list[str], list[bytes]]]) -> Path:
     """A legacy ``docker save`` archive: ``<hex>.json`` configs, ``<id>/layer.tar`` layers."""
-    entries, members = [], {}
+    entries: list[dict[str, Any]] = []
+    members: dict[str, bytes | str] = {}
     for tags, layers in images:
         config = json.dumps(
             {
@@ -118,8 +119,10 @@ def docker_archive(path: Path, images: list[tuple[list[str], list[bytes]]]) -> P
         ).encode()
         names = []
         for t in layers:
-            name = f"{hashlib.sha256(b'id' + t).hexdigest()}/layer.tar"
-            members[name] = t
+            name = f"{hashlib.sha256(b'id' + t + str(len(entries)).encode()).hexdigest()}/layer.tar"
+            # a layer already written goes in as a symlink to it, as docker save does
+            first = next((n for n, d in members.items() if d == t), None)
+            members[name] = t if first is None else "../" + first  # str: a symlink
             names.append(name)
         config_name = sha(config)[7:] + ".json"
         members[config_name] = config
@@ -128,6 +131,10 @@ def docker_archive(path: Path, images: list[tuple[list[str], list[bytes]]]) -> P
     with tarfile.open(path, "w") as tar:
         for name, data in members.items():
             ti = tarfile.TarInfo(name)
+            if isinstance(data, str):
+                ti.type, ti.linkname = tarfile.SYMTYPE, data
+                tar.addfile(ti)
+                continue
             ti.size = len(data)
             tar.addfile(ti, io.BytesIO(data))
     return path

@@ -288,7 +288,12 @@ def test_docker_save_archive(tmp_path: Path) -> None:
         with src.open_blob(r.layers[0], "layer 0") as reader:
             assert reader.read() == A
             assert reader.finish() == sha(A)  # no digest named: what was read
-        assert src.resolve("other:1").diff_ids == (sha(B),)
+        other = src.resolve("other:1")  # its layer is a symlink to the first image's
+        assert other.diff_ids == (sha(B),)
+        with src.open_blob(other.layers[0], "layer 0") as reader:
+            assert reader.read() == B
+    with tarfile.open(arc) as tar:
+        assert any(m.issym() for m in tar.getmembers())
 
 
 def test_docker_config_is_checked_by_its_name(tmp_path: Path) -> None:

@@ -212,7 +212,11 @@ def test_killed_unpack_is_cleaned_up_by_the_next(
     finally:
         child.kill()
         child.wait()
-    assert sn.stat(left[0]).labels[OWNER_LABEL].split(".")[1] == str(child.pid)
+    stale = sn.stat(left[0])
+    assert stale.labels[OWNER_LABEL].split(".")[1] == str(child.pid)
+    chain = left[0].split(" ")[1]  # "extract-<unique> <chainID>"
+    assert stale.labels[REF_LABEL] == chain and DIFF_ID_LABEL in stale.labels  # the prepare's
+    assert stale.labels[blobstore.BLOB_DIGEST_LABEL].startswith("sha256:")
     image = unpack(sn, layout)
     assert _extract_keys(sn) == []
     assert _view_tree(sn, image.top) == tree(reference)
