@@ -118,10 +118,10 @@ def unpack(
             zip(resolved.layers, resolved.diff_ids, chains, strict=True)
         ):
             info = existing[i]
-            if info is None:
-                parent = chains[i - 1] if i else ""
-                layer, info = _apply(sn, src, i, blob, diff_id, chain, parent)
-            layers.append(layer if existing[i] is None else _reused(blob, diff_id, info))
+            if info is not None:
+                layers.append(_reused(blob, diff_id, info))
+            else:
+                layers.append(_apply(sn, src, i, blob, diff_id, chain, chains[i - 1] if i else ""))
     return Image(
         resolved.manifest_digest,
         resolved.config_digest,
@@ -183,8 +183,8 @@ def _apply(
     diff_id: str,
     chain: str,
     parent: str,
-) -> tuple[Layer, Info]:
-    """Apply one layer into an extract key and commit it as ``chain``; its Layer and Info."""
+) -> Layer:
+    """Apply one layer into an extract key and commit it as ``chain``; its Layer."""
     what = _what(i, blob)
     key = f"{EXTRACT_PREFIX}{time.time_ns()}-{secrets.token_hex(4)} {chain}"
     labels = _labels(blob, diff_id, chain, parent)
@@ -226,15 +226,14 @@ def _apply(
             if info is None:
                 raise
             sn.remove(key)
-            return _reused(blob, diff_id, info), info
+            return _reused(blob, diff_id, info)
     except BaseException:
         if ingest is not None:
             ingest.abort()
         with contextlib.suppress(NotFoundError):
             sn.remove(key)
         raise
-    layer = Layer(applied.diff_id, digest, blob.desc.size, media_type, applied.entries)
-    return layer, sn.stat(chain)
+    return Layer(applied.diff_id, digest, blob.desc.size, media_type, applied.entries)
 
 
 def _reused(blob: LayerBlob, diff_id: str, info: Info) -> Layer:
