@@ -581,3 +581,8 @@ def test_export_runs_in_containerd(
             "pysnap-img-test",
         )
         assert out.stdout == "made on pysnap\n"
+        # and what `ctr images export` writes unpacks here, into the same chain IDs
+        ctr("images", "export", str(tmp_path / "ctr.tar"), "example.com/pysnap/app:1")
+    again = unpack(sn, tmp_path / "ctr.tar", ref="example.com/pysnap/app:1")
+    assert again.chain_ids[:2] == app.chain_ids
+    assert _view_tree(sn, again.top) == _view_tree(sn, "app")
