@@ -20,10 +20,18 @@ field is absent.
 
 Operators: a bare field path tests presence; ``==`` needs the field present
 and equal; ``!=`` is true when the field is absent or differs; ``~=`` is an
-unanchored ``re.search`` against the value (``""`` when absent, as containerd
-does; pysnap drops empty label values, so absent and empty are one state). A
-pattern that does not compile matches nothing, like containerd 1.x, which logs
-and returns false. Kinds compare without regard to case (``kind==Committed``).
+unanchored search against the value (``""`` when absent, as containerd
+does; pysnap drops empty label values, so absent and empty are one state).
+Kinds compare without regard to case (``kind==Committed``).
+
+Regular expressions are RE2's (the ``google-re2`` package, imported as
+``re2``), the syntax and linear-time matching of Go's ``regexp`` that
+containerd uses: Python's backtracking ``re`` would take minutes over
+``^(a+)+$`` and a 33-character name, holding the GIL inside a read
+transaction. There is no fallback to ``re``. A pattern that does not compile
+matches nothing, as in containerd 1.x (which logs and returns false); RE2's
+own log line is switched off. ``\\C`` (any byte), which RE2 accepts and Go
+rejects, does not compile either, nor does a pattern that is not valid UTF-8.
 
 An empty filter string matches everything, so it makes the whole OR true.
 Whitespace between tokens is skipped. A malformed filter raises
@@ -33,9 +41,10 @@ the position.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
+
+import re2
 
 from .errors import InvalidArgumentError
 from .types import Info, Kind
@@ -326,11 +335,47 @@ def _compile_selector(sel: Selector) -> Predicate:
         return lambda info: get(info) == want
     if op == "!=":
         return lambda info: get(info) != want
-    try:
-        search = re.compile(want).search
-    except (re.error, OverflowError, RecursionError):
+    search = compile_regexp(want)
+    if search is None:
         return _never
-    return lambda info: search(get(info) or "") is not None
+    return lambda info: search(get(info) or "")
+
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a bad pattern is an answer ("no match"), not a log line
+
+
+def compile_regexp(pattern: str) -> Callable[[str], bool] | None:
+    """Whether a str holds a match of ``pattern``, compiled as Go's regexp would;
+    None when Go's ``regexp.Compile`` fails (containerd: the selector matches nothing)."""
+    if _has_any_byte(pattern):
+        return None
+    try:
+        # As bytes: the wrapper's str path maps every offset back to
+        # characters, 8x the cost of the search (11 us against 1.4 us).
+        search = re2.compile(pattern.encode(), _RE2_OPTIONS).search
+    except (re2.error, UnicodeEncodeError):  # RE2's error; a lone surrogate is not UTF-8
+        return None
+    # surrogateescape: bytes that are not UTF-8 go back as they came, as in a Go string
+    return lambda text: search(text.encode("utf-8", "surrogateescape")) is not None
+
+
+def _has_any_byte(pattern: str) -> bool:
+    """Whether ``pattern`` uses ``\\C`` outside ``\\Q...\\E`` (RE2 accepts it, Go does not)."""
+    i, n = 0, len(pattern)
+    while True:
+        i = pattern.find("\\", i)
+        if i < 0 or i + 1 >= n:
+            return False
+        nxt = pattern[i + 1]
+        if nxt == "C":
+            return True
+        if nxt == "Q":  # literal text up to \E, or to the end
+            end = pattern.find("\\E", i + 2)
+            if end < 0:
+                return False
+            i = end
+        i += 2
 
 
 def _all_of(preds: Sequence[Predicate]) -> Predicate:

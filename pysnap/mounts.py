@@ -1,4 +1,4 @@
-"""Mounting a list of Mount, temporary mounts, and the unmount policy.
+"""Mount, mounting a list of them, temporary mounts, and the unmount policy.
 
 After containerd's ``mount/mount_linux.go`` and ``mount/temp.go``, over the
 direct syscalls of :mod:`snapcore.mount` (no ``mount(8)`` process).
@@ -6,7 +6,14 @@ direct syscalls of :mod:`snapcore.mount` (no ``mount(8)`` process).
 Options are parsed as containerd and mount(8) do: the words in ``_FLAGS``
 become ``MS_*`` flags, the propagation words (``private``, ``rshared``...) are
 applied afterwards by separate mount(2) calls, as mount(8) does, and every
-other option is filesystem data, joined with commas.
+other option is filesystem data, joined with commas. Overlay data is read and
+written back by :mod:`pysnap.overlayopts` (the one model of overlay options);
+when the kernel refuses an overlay with ELOOP, overlapping layers are looked
+for there and named in an :class:`~pysnap.errors.InvalidArgumentError`.
+
+A target is resolved as mount(8) and containerd's ``mount.All`` resolve it,
+whichever path below is taken: a symlink is followed, and an overlay needs a
+directory there (a file is ENOTDIR, a dangling symlink ENOENT).
 
 Overlay mounts take one of these paths, chosen from a once-per-process probe
 alone, never by retrying a failed mount another way (a real EINVAL is also
@@ -15,9 +22,10 @@ what 501 layers or a bad option give, and it is reported as it is):
 1. the data fits in a page (mount(2) copies at most ``PAGE_SIZE - 1`` bytes):
    one mount(2) call;
 2. otherwise, when the kernel has the new mount API and accepts ``lowerdir+``
-   by file descriptor (Linux 6.8+): fsopen, one ``FSCONFIG_SET_FD`` per layer,
-   the upperdir and the workdir (fsconfig string values are cut at 255 bytes,
-   an O_PATH fd has no length), create, fsmount, move_mount, all in one
+   by file descriptor (Linux 6.8+, :func:`pysnap.kernel.overlay_takes_lowerdir_fd`):
+   fsopen, one ``FSCONFIG_SET_FD`` per layer, the upperdir and the workdir
+   (fsconfig string values are cut at 255 bytes, an O_PATH fd has no length),
+   create, fsmount, move_mount onto the target opened by fd, all in one
    compiled call with the GIL released;
 3. otherwise (older kernels): the paths are rewritten relative to their
    longest common directory and mount(2) runs in a helper thread that has
@@ -44,21 +52,21 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from snapcore import mount as _sys
 
+from . import kernel, overlayopts
 from .errors import InvalidArgumentError
-from .types import Mount
 
 __all__ = [
+    "Mount",
     "OverlayMethod",
     "ParsedOptions",
     "mount_all",
     "mount_one",
     "mounted",
-    "new_api_available",
     "overlay_method",
     "parse_options",
     "set_overlay_method",
@@ -150,6 +158,29 @@ OVERLAY_MAX_LAYERS = 500
 
 
 @dataclass(frozen=True, slots=True)
+class Mount:
+    """One mount to perform: ``mount -t TYPE -o OPTIONS SOURCE TARGET``.
+
+    Overlay mounts have ``source="overlay"``; options are a tuple of str.
+    """
+
+    type: str
+    source: str
+    options: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if isinstance(self.options, str):  # would split into characters
+            raise TypeError(f"Mount options must be a sequence of str, not {self.options!r}")
+        if not isinstance(self.options, tuple):
+            opts: Iterable[str] = self.options
+            object.__setattr__(self, "options", tuple(opts))
+
+    def mount(self, target: StrPath) -> None:
+        """Perform this mount on ``target`` (see :func:`mount_one`)."""
+        mount_one(self, target)
+
+
+@dataclass(frozen=True, slots=True)
 class ParsedOptions:
     """Mount options split the way mount(8) splits them."""
 
@@ -190,7 +221,6 @@ relative paths (the fallback, forced on). ``fd``: always the new API by fd."""
 
 _method_lock = threading.Lock()
 _method: OverlayMethod | None = None
-_probed: bool | None = None
 
 
 def set_overlay_method(method: OverlayMethod | None) -> None:
@@ -221,37 +251,6 @@ def overlay_method() -> OverlayMethod:
     return method
 
 
-def new_api_available() -> bool:
-    """Whether this kernel has fsopen(2) and takes overlay ``lowerdir+`` by fd.
-
-    Probed once per process (an fsconfig on a context that is never created,
-    so nothing is mounted) and cached.
-    """
-    global _probed
-    with _method_lock:
-        if _probed is None:
-            _probed = _probe_new_api()
-        return _probed
-
-
-def _probe_new_api() -> bool:
-    try:
-        fsfd = _sys.fsopen("overlay")
-    except OSError:
-        return False
-    try:
-        dfd = _sys.open_path("/")
-        try:
-            _sys.fsconfig(fsfd, _sys.FSCONFIG_SET_FD, "lowerdir+", None, dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        return False
-    finally:
-        os.close(fsfd)
-    return True
-
-
 # ---- mounting -------------------------------------------------------------------
 
 
@@ -266,8 +265,10 @@ def mount_one(m: Mount, target: StrPath) -> None:
     Raises:
         OSError: from the kernel, with errno, filename=source (or the layer
             that failed) and filename2=target.
-        InvalidArgumentError: overlay data that fits no page on a kernel
-            without the new mount API; data longer than a page for other types.
+        InvalidArgumentError: overlay layers that overlap (one listed twice,
+            or inside another, the upperdir or the workdir: both are named);
+            overlay data that fits no page on a kernel without the new mount
+            API; data longer than a page for other types.
     """
     opts = parse_options(m.options)
     try:
@@ -329,86 +330,33 @@ def _mount_plain(m: Mount, target: StrPath, opts: ParsedOptions) -> None:
     _sys.mount(m.source, target, m.type, flags, data)
 
 
-@dataclass(slots=True)
-class _Overlay:
-    lowers: list[str]
-    datas: list[str]
-    upper: str | None
-    work: str | None
-    rest: list[str]
-
-
-def _unescape_split(value: str) -> list[str]:
-    """Split overlay's ``a:b::c`` on unescaped colons; ``\\x`` stands for ``x``."""
-    if "\\" not in value:
-        return value.split(":")  # the usual case, without a loop in Python
-    parts: list[str] = []
-    cur: list[str] = []
-    it = iter(value)
-    for ch in it:
-        if ch == "\\":
-            cur.append(next(it, ""))
-        elif ch == ":":
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    parts.append("".join(cur))
-    return parts
-
-
-def _escape(path: str) -> str:
-    return path.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
-
-
-def _parse_overlay(data: Iterable[str]) -> _Overlay:
-    ov = _Overlay([], [], None, None, [])
-    for opt in data:
-        key, eq, value = opt.partition("=")
-        if key == "lowerdir" and eq:
-            # "l1:l2::d1::d2": after the first empty item come data-only layers
-            in_data = False
-            for part in _unescape_split(value):
-                if not part:
-                    in_data = True
-                    continue
-                (ov.datas if in_data else ov.lowers).append(part)
-        elif key == "lowerdir+" and eq:
-            ov.lowers.extend(_unescape_split(value)[:1])
-        elif key == "datadir+" and eq:
-            ov.datas.extend(_unescape_split(value)[:1])
-        elif key == "upperdir" and eq:
-            ov.upper = _unescape_split(value)[0]
-        elif key == "workdir" and eq:
-            ov.work = _unescape_split(value)[0]
-        else:
-            ov.rest.append(opt)
-    return ov
-
-
 def _mount_overlay(m: Mount, target: StrPath, opts: ParsedOptions) -> None:
-    data = ",".join(opts.data)
+    layers = overlayopts.parse(opts.data)
+    data = overlayopts.render(layers)
     method = overlay_method()
     fits = len(os.fsencode(data)) < PAGE_SIZE
     try:
         if method in ("auto", "legacy") and fits:
             _sys.mount(m.source, target, m.type, opts.flags, data)
-        elif method == "fd" or (method == "auto" and new_api_available()):
-            _mount_overlay_fd(m, target, opts)
+        elif method == "fd" or (method == "auto" and kernel.overlay_takes_lowerdir_fd()):
+            _mount_overlay_fd(m, target, opts, layers)
         else:
-            _mount_overlay_relative(m, target, opts)
+            _mount_overlay_relative(m, target, opts, layers)
     except OSError as e:
-        layers = len(_parse_overlay(opts.data).lowers)
-        if e.errno == errno.EINVAL and layers > OVERLAY_MAX_LAYERS:
-            e.add_note(
-                f"overlay takes at most {OVERLAY_MAX_LAYERS} lower layers; this mount has {layers}"
-            )
+        if e.errno == errno.ELOOP:
+            # overlayfs's answer to overlapping layers, which names none of them
+            overlayopts.check_layers(layers)
+        n = len(layers.lowers)
+        if e.errno == errno.EINVAL and n > OVERLAY_MAX_LAYERS:
+            limit = f"overlay takes at most {OVERLAY_MAX_LAYERS} lower layers"
+            e.add_note(f"{limit}; this mount has {n}")
         raise
 
 
-def _mount_overlay_fd(m: Mount, target: StrPath, opts: ParsedOptions) -> None:
+def _mount_overlay_fd(
+    m: Mount, target: StrPath, opts: ParsedOptions, layers: overlayopts.OverlayLayers
+) -> None:
     """Every layer, the upperdir and the workdir by O_PATH fd: no length limit."""
-    ov = _parse_overlay(opts.data)
     set_fd, set_str, set_flag = (
         _sys.FSCONFIG_SET_FD,
         _sys.FSCONFIG_SET_STRING,
@@ -418,15 +366,15 @@ def _mount_overlay_fd(m: Mount, target: StrPath, opts: ParsedOptions) -> None:
     for flag, name in _SB_FLAGS:
         if opts.flags & flag:
             params.append((set_flag, name, None))
-    for opt in ov.rest:
+    for opt in layers.rest:
         key, eq, value = opt.partition("=")
         params.append((set_str, key, value) if eq else (set_flag, key, None))
-    params.extend((set_fd, "lowerdir+", p) for p in ov.lowers)
-    params.extend((set_fd, "datadir+", p) for p in ov.datas)
-    if ov.upper is not None:
-        params.append((set_fd, "upperdir", ov.upper))
-    if ov.work is not None:
-        params.append((set_fd, "workdir", ov.work))
+    params.extend((set_fd, "lowerdir+", p) for p in layers.lowers)
+    params.extend((set_fd, "datadir+", p) for p in layers.datas)
+    if layers.upper is not None:
+        params.append((set_fd, "upperdir", layers.upper))
+    if layers.work is not None:
+        params.append((set_fd, "workdir", layers.work))
     attrs = 0
     for flag, attr in _ATTRS:
         if opts.flags & flag:
@@ -434,11 +382,12 @@ def _mount_overlay_fd(m: Mount, target: StrPath, opts: ParsedOptions) -> None:
     _sys.fsmount_params(m.type, target, params, attrs, m.source)
 
 
-def _mount_overlay_relative(m: Mount, target: StrPath, opts: ParsedOptions) -> None:
+def _mount_overlay_relative(
+    m: Mount, target: StrPath, opts: ParsedOptions, layers: overlayopts.OverlayLayers
+) -> None:
     """mount(2) with paths relative to their common directory, from a helper thread."""
-    ov = _parse_overlay(opts.data)
-    paths = [*ov.lowers, *ov.datas]
-    paths += [p for p in (ov.upper, ov.work) if p is not None]
+    paths = [*layers.lowers, *layers.datas]
+    paths += [p for p in (layers.upper, layers.work) if p is not None]
     if not paths:
         raise InvalidArgumentError(f"overlay on {os.fspath(target)}: no lowerdir")
     absolute = {p: os.path.abspath(p) for p in paths}  # also normalised
@@ -447,21 +396,13 @@ def _mount_overlay_relative(m: Mount, target: StrPath, opts: ParsedOptions) -> N
 
     def rel(p: str) -> str:
         # every path is common or below it (os.path.relpath costs 5 us a call)
-        return _escape(absolute[p][skip:] or ".")
+        return absolute[p][skip:] or "."
 
-    lower = ":".join(rel(p) for p in ov.lowers)
-    if ov.datas:
-        lower += "::" + "::".join(rel(p) for p in ov.datas)
-    parts = [f"lowerdir={lower}"] if ov.lowers else []
-    if ov.upper is not None:
-        parts.append(f"upperdir={rel(ov.upper)}")
-    if ov.work is not None:
-        parts.append(f"workdir={rel(ov.work)}")
-    data = ",".join([*parts, *ov.rest])
+    data = overlayopts.render(layers, rel)
     size = len(os.fsencode(data))
     if size >= PAGE_SIZE:
         raise InvalidArgumentError(
-            f"overlay on {os.fspath(target)}: {len(ov.lowers)} layers need {size} bytes "
+            f"overlay on {os.fspath(target)}: {len(layers.lowers)} layers need {size} bytes "
             f"of options even relative to {common}, and mount(2) takes at most "
             f"{PAGE_SIZE - 1}; mounting it needs Linux 6.8+ (lowerdir+ by fd)"
         )

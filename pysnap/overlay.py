@@ -25,20 +25,20 @@ from types import TracebackType
 
 from snapcore import du
 
-from . import blobstore, storage
+from . import blobstore, kernel, overlayopts, storage
 from .archive import Layer, guard
 from .archive.apply import LayerSource, apply_to_snapshot
 from .archive.diff import LayerTarget, diff_upper
-from .errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from .errors import FailedPreconditionError, NotFoundError
 from .filters import compile_filters
 from .fsutil import remove_tree
 from .metastore import MetaStore
-from .types import Info, Kind, Mount, Usage
+from .mounts import Mount
+from .types import Info, Kind, Usage
 
 log = logging.getLogger(__name__)
 
 UPPERDIR_LABEL = "containerd.io/snapshot/overlay.upperdir"
-_OVERLAY_INDEX_PARAM = "/sys/module/overlay/parameters/index"
 
 Labels = Mapping[str, str] | None
 Progress = Callable[[int, int], object] | None
@@ -61,31 +61,25 @@ class OverlaySnapshotter:
         upperdir_label: bool = False,
     ) -> None:
         self.root = os.path.abspath(os.fspath(root))
-        # Paths end up inside overlay's comma- and colon-separated options.
-        if "," in self.root or ":" in self.root:
-            raise InvalidArgumentError(
-                f"open {self.root!r}: a root path with ',' or ':' cannot be used in overlay options"
-            )
+        overlayopts.check_root(self.root)  # its paths go into overlay options as they are
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         self._snapshots = os.path.join(self.root, "snapshots")
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(self._snapshots, 0o700)
-        # The probe goes in the root, as containerd's does: under snapshots/
-        # a cleanup() in another process would reap it as an orphan mid-probe.
-        if not du.supports_d_type(self.root):
-            raise FailedPreconditionError(
-                f"open {self.root!r}: the filesystem does not report d_type, "
-                "which overlayfs needs (containerd refuses it too)"
-            )
+        if not os.path.isdir(self._snapshots):
+            # A new root: probed once, before snapshots/ records that it
+            # passed, so opening an existing root writes nothing (a full disk
+            # still opens). In the root, as containerd's probe: under
+            # snapshots/ a cleanup() in another process would reap it.
+            if not kernel.supports_d_type(self.root):
+                raise FailedPreconditionError(
+                    f"open {self.root!r}: the filesystem does not report d_type, "
+                    "which overlayfs needs (containerd refuses it too)"
+                )
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(self._snapshots, 0o700)
         self._sync = sync
         self._async_remove = async_remove
         self._upperdir_label = upperdir_label
-        self._options = tuple(mount_options)
-        if not any(o.startswith("index=") for o in self._options) and os.path.exists(
-            _OVERLAY_INDEX_PARAM
-        ):
-            # containerd does the same: index=on makes shared lowers EBUSY.
-            self._options += ("index=off",)
+        self._options = overlayopts.default_options(mount_options)
         self._ms = MetaStore(self.root, sync=sync)
 
     # -- lifecycle ----------------------------------------------------------
@@ -364,15 +358,14 @@ class OverlaySnapshotter:
             return [Mount(type="bind", source=self._upper(snap.id), options=(mode, "rbind"))]
         if snap.kind == Kind.VIEW and len(parents) == 1:
             return [Mount(type="bind", source=self._upper(parents[0]), options=("ro", "rbind"))]
-        options: list[str] = []
-        if snap.kind == Kind.ACTIVE:
-            options.append(f"workdir={self._dir(snap.id)}/work")
-            options.append(f"upperdir={self._upper(snap.id)}")
         # inline: a 1,000-deep chain makes 1,000 of these, and calls add up
-        lowers = ":".join([f"{self._snapshots}/{p}/fs" for p in parents])
-        options.append(f"lowerdir={lowers}")
-        options.extend(self._options)
-        return [Mount(type="overlay", source="overlay", options=tuple(options))]
+        lowers = [f"{self._snapshots}/{p}/fs" for p in parents]
+        if snap.kind == Kind.ACTIVE:
+            upper, work = self._upper(snap.id), f"{self._dir(snap.id)}/work"
+            options = overlayopts.build(lowers, upper, work, self._options)
+        else:
+            options = overlayopts.build(lowers, extra=self._options)
+        return [Mount(type="overlay", source="overlay", options=options)]
 
     def _remove_dirs(self, paths: list[str]) -> None:
         for path in paths:

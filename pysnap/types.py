@@ -1,4 +1,4 @@
-"""The value types of the public API: Kind, Info, Usage, Mount.
+"""The value types of the public API: Kind, Info, Usage, and Mount (defined in pysnap.mounts).
 
 Info and Usage are tuple subclasses: immutable, and built from a decoded
 record with one ``tuple.__new__`` call, which keeps stat() cheap. Datetimes are
@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
-import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from operator import itemgetter
 from typing import Any
+
+# Mount lives with the mounting code, which needs nothing from this module
+# (no import cycle); it is re-exported here, where callers long found it.
+from .mounts import Mount as Mount
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
@@ -148,28 +150,3 @@ class Usage(tuple[int, int]):
 
     def __getnewargs__(self) -> tuple[int, int]:
         return (self[0], self[1])
-
-
-@dataclass(frozen=True, slots=True)
-class Mount:
-    """One mount to perform: ``mount -t TYPE -o OPTIONS SOURCE TARGET``.
-
-    Overlay mounts have ``source="overlay"``; options are a tuple of str.
-    """
-
-    type: str
-    source: str
-    options: tuple[str, ...] = field(default=())
-
-    def __post_init__(self) -> None:
-        if isinstance(self.options, str):  # would split into characters
-            raise TypeError(f"Mount options must be a sequence of str, not {self.options!r}")
-        if not isinstance(self.options, tuple):
-            opts: Iterable[str] = self.options
-            object.__setattr__(self, "options", tuple(opts))
-
-    def mount(self, target: str | os.PathLike[str]) -> None:
-        """Perform this mount on ``target`` (see ``pysnap.mounts``)."""
-        from .mounts import mount_one  # mounts imports this module
-
-        mount_one(self, target)

@@ -13,7 +13,11 @@ Two compound calls keep whole sequences in C with the GIL released:
 - ``fsmount_params``: fsopen, one fsconfig per parameter (a path parameter is
   opened ``O_PATH`` here and passed with ``FSCONFIG_SET_FD``, so its length
   never matters: fsconfig string values are cut at 255 bytes), create,
-  fsmount, move_mount onto the target. Every fd is closed on every path (an
+  fsmount, move_mount onto the target. The target is opened first, ``O_PATH``
+  with symlinks followed and ``O_DIRECTORY``, as mount(2) resolves it (a file
+  or a dangling link fails there, ENOTDIR or ENOENT, before any work), and the
+  mount is moved onto that fd: move_mount(2) by path would not follow a
+  symlink (EINVAL). Every fd is closed on every path (an
   open fsmount fd keeps the mount busy). On failure the filesystem's own
   messages, read back from the fs_context fd (Documentation/filesystems/
   mount_api.rst, "e " prefixed), are attached to the ``OSError`` as notes.
@@ -305,6 +309,7 @@ cdef enum:
     _STAGE_CREATE = -2
     _STAGE_FSMOUNT = -3
     _STAGE_MOVE = -4
+    _STAGE_TARGET = -5
 
 cdef struct _result:
     int err
@@ -323,9 +328,9 @@ cdef int _fsconfig_retry(int fsfd, unsigned int cmd, const char *key, const char
             return rc
 
 
-cdef int _configure(int fsfd, const char *target, const _param *params, Py_ssize_t n,
+cdef int _configure(int fsfd, int target_fd, const _param *params, Py_ssize_t n,
                     unsigned int attrs, _result *res) noexcept nogil:
-    """fsconfig each param, create, fsmount, move_mount. Fills res on failure."""
+    """fsconfig each param, create, fsmount, move_mount onto target_fd. Fills res on failure."""
     cdef Py_ssize_t i
     cdef int fd, rc, err, mfd
     for i in range(n):
@@ -354,8 +359,8 @@ cdef int _configure(int fsfd, const char *target, const _param *params, Py_ssize
         res.err, res.stage = errno.errno, _STAGE_FSMOUNT
         return -1
     while True:
-        rc = linux.snap_move_mount(mfd, b"", linux.AT_FDCWD, target,
-                                   linux.MOVE_MOUNT_F_EMPTY_PATH)
+        rc = linux.snap_move_mount(mfd, b"", target_fd, b"",
+                                   linux.MOVE_MOUNT_F_EMPTY_PATH | linux.MOVE_MOUNT_T_EMPTY_PATH)
         if rc == 0 or errno.errno != errno.EINTR:
             break
     err = errno.errno
@@ -368,18 +373,24 @@ cdef int _configure(int fsfd, const char *target, const _param *params, Py_ssize
 
 cdef int _fsmount_seq(const char *fstype, const char *target, const _param *params,
                       Py_ssize_t n, unsigned int attrs, _result *res) noexcept nogil:
-    cdef int fsfd, rc
+    cdef int fsfd, rc, tfd
+    tfd = _open_path(target)
+    if tfd < 0:
+        res.err, res.stage = errno.errno, _STAGE_TARGET
+        return -1
     while True:
         fsfd = linux.snap_fsopen(fstype, linux.FSOPEN_CLOEXEC)
         if fsfd >= 0 or errno.errno != errno.EINTR:
             break
     if fsfd < 0:
         res.err, res.stage = errno.errno, _STAGE_FSOPEN
+        linux.close(tfd)
         return -1
-    rc = _configure(fsfd, target, params, n, attrs, res)
+    rc = _configure(fsfd, tfd, params, n, attrs, res)
     if rc != 0:
         res.log_len = _read_log_nogil(fsfd, res.log, sizeof(res.log))
     linux.close(fsfd)
+    linux.close(tfd)
     return rc
 
 
@@ -395,7 +406,9 @@ def fsmount_params(fstype, target, params, unsigned int attrs=0, source=None):
     key, path)``, where ``path`` is opened O_PATH|O_DIRECTORY here and passed
     by fd (the way to give overlay's ``lowerdir+``, ``upperdir`` and
     ``workdir`` paths of any length). Then FSCONFIG_CMD_CREATE, fsmount(2)
-    with the ``MOUNT_ATTR_*`` bits in ``attrs``, move_mount(2) onto ``target``.
+    with the ``MOUNT_ATTR_*`` bits in ``attrs``, move_mount(2) onto ``target``
+    (opened first, symlinks followed as mount(2) follows them; it must be a
+    directory: ENOTDIR otherwise).
     The GIL is released for the whole sequence; every fd is closed on every
     path, so a failure leaves nothing mounted.
 
@@ -456,6 +469,8 @@ cdef int _raise_seq(_result *res, fstype, source, target, list items) except -1:
         what, path, path2 = "fsmount", source, target
     elif stage == _STAGE_MOVE:
         what, path, path2 = "move_mount", source, target
+    elif stage == _STAGE_TARGET:
+        what, path, path2 = "open(O_PATH|O_DIRECTORY) of the target", source, target
     else:
         cmd, key, value = items[stage]
         # "lowerdir+ #501 of 501" says more than a position among all params

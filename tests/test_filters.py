@@ -7,6 +7,10 @@ field, a bad pattern matches nothing, lower-case kinds).
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 
 from pysnap.errors import InvalidArgumentError
@@ -220,21 +224,21 @@ def test_every_filter_is_checked() -> None:
 
 
 def test_regex_compiled_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    import re
+    import re2
 
-    calls: list[str] = []
-    real = re.compile
+    calls: list[bytes] = []
+    real = re2.compile
 
-    def counting(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    def counting(pattern: bytes, options: object = None) -> object:
         calls.append(pattern)
-        return real(pattern, flags)
+        return real(pattern, options)
 
-    monkeypatch.setattr(re, "compile", counting)
+    monkeypatch.setattr(re2, "compile", counting)
     match = compile_filters("name~=^lay", "labels.foo~=x")
-    assert calls == ["^lay", "x"]
+    assert calls == [b"^lay", b"x"]
     for info in CORPUS * 10:
         match(info)
-    assert calls == ["^lay", "x"]
+    assert calls == [b"^lay", b"x"]
 
 
 def test_upper_case_kind_value_in_regex() -> None:
@@ -260,3 +264,51 @@ def test_error_is_invalid_argument_with_code() -> None:
 def test_filter_not_a_str_is_invalid_argument(bad: object) -> None:
     with pytest.raises(InvalidArgumentError, match="must be a str"):
         compile_filters(bad)  # type: ignore[arg-type]
+
+
+# Go's regexp syntax (RE2), not Python's: containerd users write these.
+GO_SYNTAX = [
+    (r"name~=^\pL+$", ["base", "build", "ro", "scratch", "Caps"]),  # Unicode classes
+    (r"name~=^[[:lower:]]+-\d$", ["layer-1", "layer-2"]),  # POSIX classes
+    (r"name~=b(?=a)", []),  # a lookahead is Python-only: does not compile in Go
+    (r"name~=(a)\1", []),  # so is a backreference
+    (r"name~=\C", []),  # RE2 accepts \C (any byte), Go rejects it
+    (r"name~=[\C]", []),
+    (r"name~=\Q\C\E", ["odd\\Cname"]),  # literal text: no \C escape in it
+    (r"name~=\\C", ["odd\\Cname"]),  # an escaped backslash, then C
+    (r'name~="\xff"', []),  # not UTF-8: Go's Compile fails
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), GO_SYNTAX, ids=[g[0] for g in GO_SYNTAX])
+def test_go_regexp_syntax(text: str, expected: list[str]) -> None:
+    corpus = [*CORPUS, Info(kind=C, name="odd\\Cname")]
+    match = compile_filters(text)
+    assert [i.name for i in corpus if match(i)] == expected
+
+
+def test_bad_pattern_writes_nothing_to_stderr(capfd: pytest.CaptureFixture[str]) -> None:
+    # RE2 logs compile errors to fd 2 unless told not to
+    for text in ("name~=(", "name~=[", "name~=a{1001}", "name~=\\C", "name~=b(?=a)"):
+        assert not [i for i in CORPUS if compile_filters(text)(i)]
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+
+
+def test_pathological_pattern_is_linear(tmp_path: pytest.TempPathFactory) -> None:
+    """``^(a+)+$`` against a 40-character name that fails at its end: a
+    backtracking engine tries ~2**40 ways (hours; 33 characters took minutes),
+    RE2 one pass. Run through walk() in a child, so a hang is a timeout there
+    and not a stuck suite; the walk holds a read transaction all along."""
+    code = textwrap.dedent(
+        f"""
+        import pysnap
+        with pysnap.OverlaySnapshotter({str(tmp_path)!r}, sync=False) as sn:
+            sn.prepare("a" * 40 + "!")
+            sn.commit("a" * 39 + "!", "a" * 40 + "!")
+            print([i.name for i in sn.walk("name~=^(a+)+$", "name~=^a+!$")])
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == repr(["a" * 39 + "!"])

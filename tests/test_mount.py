@@ -510,3 +510,53 @@ def test_mounted_overlay(long_root: Path) -> None:
     with mounted([overlay(layers)], dir=long_root) as where:
         check_chain(Path(where), 300)
     assert not os.path.exists(where)
+
+
+# ---- the target: one behaviour on every path (issue 10 item 11) -----------------------------
+
+
+@pytest.mark.parametrize("forced", ["legacy", "fd", "relative"])
+def test_symlinked_target_is_followed(
+    long_root: Path, tmp_path: Path, target: Path, method: None, forced: str
+) -> None:
+    # as mount(8) and containerd's mount.All (mount(2) follows the link):
+    # the overlay lands on the link's destination, never on the link
+    pm.set_overlay_method(forced)
+    layers = make_chain(long_root, 3, name_len=30)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    overlay(layers).mount(link)
+    assert len(mountinfo(target)) == 1
+    check_chain(target, 3)
+    assert link.is_symlink()
+
+
+@pytest.mark.parametrize("forced", ["legacy", "fd", "relative"])
+@pytest.mark.parametrize("kind", ["file", "link-to-file", "dangling-link"])
+def test_target_that_is_not_a_directory(
+    long_root: Path, tmp_path: Path, method: None, forced: str, kind: str
+) -> None:
+    pm.set_overlay_method(forced)
+    layers = make_chain(long_root, 3, name_len=30)
+    file = tmp_path / "file"
+    file.write_text("keep")
+    tgt = {"file": file, "link-to-file": tmp_path / "l1", "dangling-link": tmp_path / "l2"}[kind]
+    if kind == "link-to-file":
+        tgt.symlink_to(file)
+    elif kind == "dangling-link":
+        tgt.symlink_to(tmp_path / "nowhere")
+    expected = FileNotFoundError if kind == "dangling-link" else NotADirectoryError
+    with pytest.raises(expected) as exc:
+        overlay(layers).mount(tgt)
+    assert (exc.value.filename, os.fspath(exc.value.filename2)) == ("overlay", str(tgt))
+    assert not mounts_under(tmp_path)
+    assert file.read_text() == "keep"
+
+
+def test_kernel_probes_match_the_running_kernel() -> None:
+    from pysnap import kernel
+
+    release = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
+    assert kernel.has_new_mount_api() == (release >= (5, 2))
+    assert kernel.overlay_takes_lowerdir_fd() == (release >= (6, 8))
+    assert kernel.overlay_has_index() == (release >= (4, 13))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import hashlib
@@ -614,32 +615,73 @@ def test_ids_never_reused_across_reopen(tmp_path: Path) -> None:
 def test_filesystem_without_d_type_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # No filesystem without d_type can be made here (xfs ftype=0 needs a v4
     # filesystem this kernel lacks), so the probe's answer is substituted.
-    from pysnap import overlay
+    from pysnap import kernel
 
-    assert overlay.du.supports_d_type(str(tmp_path))  # ext4 and tmpfs report d_type
-    monkeypatch.setattr(overlay.du, "supports_d_type", lambda path: False)
+    assert kernel.supports_d_type(str(tmp_path))  # ext4 and tmpfs report d_type
+    monkeypatch.setattr(kernel, "supports_d_type", lambda path: False)
     with pytest.raises(FailedPreconditionError, match="d_type"):
         OverlaySnapshotter(tmp_path / "r")
     assert not (tmp_path / "r" / "metadata.lmdb").exists()
+    assert not (tmp_path / "r" / "snapshots").exists()  # a retry probes again
 
 
-def test_open_survives_concurrent_cleanup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The d_type probe of an open must not sit where cleanup() reaps orphans:
-    # a cleanup run by another process while this one opens would delete it.
+def test_create_survives_concurrent_cleanup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The d_type probe of a new root must not sit where cleanup() reaps
+    # orphans: another process that opens the root meanwhile and cleans up
+    # would delete it.
     import subprocess
     import sys
     import tempfile
 
     root = tmp_path / "r"
-    OverlaySnapshotter(root, sync=False).close()
     cleanup = f"import pysnap; pysnap.OverlaySnapshotter({str(root)!r}).cleanup()"
     real_mkdtemp = tempfile.mkdtemp
+    probes: list[str] = []
 
     def mkdtemp_then_cleanup(*args: object, **kwargs: object) -> object:
         path = real_mkdtemp(*args, **kwargs)  # type: ignore[call-overload]
         if os.fsdecode(os.path.basename(path)).startswith("d_type-test-"):
+            probes.append(path)
             subprocess.run([sys.executable, "-c", cleanup], check=True)
         return path
 
     monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp_then_cleanup)
     OverlaySnapshotter(root, sync=False).close()
+    assert len(probes) == 1
+    assert sorted(os.listdir(root / "snapshots")) == []
+
+
+@pytest.mark.root
+def test_open_of_an_existing_root_writes_nothing(tmp_path: Path) -> None:
+    """The d_type probe runs once, when the root is created: on a file system
+    without a free inode an existing root still opens, reads and removes."""
+    from pysnap.mounts import unmount_all
+    from snapcore import mount as _sys
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    _sys.mount("tmpfs", disk, "tmpfs", 0, "size=16m,nr_inodes=64")
+    try:
+        root = disk / "r"
+        with OverlaySnapshotter(root, sync=False) as s:
+            s.prepare("a")
+            s.commit("base", "a")
+            s.prepare("b", parent="base")
+        files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+        n = 0
+        with contextlib.suppress(OSError):  # ENOSPC: no inode left
+            while True:
+                (disk / f"fill-{n}").touch()
+                n += 1
+        with pytest.raises(OSError):
+            (disk / "one-more").mkdir()
+        with OverlaySnapshotter(root, sync=False) as s:
+            assert sorted(i.name for i in s.walk()) == ["b", "base"]
+            s.remove("b")
+        assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == [
+            f for f in files if not f.startswith("snapshots/2")
+        ]
+    finally:
+        unmount_all(disk, detach=True)

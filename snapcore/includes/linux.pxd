@@ -89,7 +89,7 @@ cdef extern from "includes/compat.h" nogil:
     int snap_fsmount(int fd, unsigned int flags, unsigned int attr)
     int snap_move_mount(int from_dfd, const char *from_path, int to_dfd,
                         const char *to_path, unsigned int flags)
-    unsigned int FSOPEN_CLOEXEC, FSMOUNT_CLOEXEC, MOVE_MOUNT_F_EMPTY_PATH
+    unsigned int FSOPEN_CLOEXEC, FSMOUNT_CLOEXEC, MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH
     unsigned int FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FSCONFIG_SET_FD
     unsigned int FSCONFIG_CMD_CREATE
     unsigned int MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC
