@@ -1,12 +1,8 @@
 """pysnap: a layered-filesystem snapshotter, containerd's overlay model with a Cython core."""
 
 from . import errors
-<<<<<<< HEAD
 from .archive import Layer
-from .mounts import mount_all, mounted, unmount, unmount_all
-=======
 from .mounts import Mount, mount_all, mounted, unmount, unmount_all
->>>>>>> main
 from .overlay import OverlaySnapshotter
 from .types import Info, Kind, Usage
 
