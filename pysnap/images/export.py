@@ -185,21 +185,8 @@ def export(
             _stored_blob(sn, info) or _diff(sn, info, stage, i, compression)
             for i, info in enumerate(chain)
         ]
-        diff_ids = [b.diff_id for b in layers]
-        host = Platform.host()
-        platform = {"architecture": host.architecture, "os": host.os}
-        if host.variant:
-            platform["variant"] = host.variant
-        history: list[dict[str, str]] = [
-            {"created_by": f"pysnap snapshot {info.name}"} for info in chain
-        ]
-        image: dict[str, Any] = {**platform, "config": section, "history": history}
-        image["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
-        if created is not None:
-            image["created"] = created
-            for h in history:
-                h["created"] = created
-        config_blob = _document(OCI_CONFIG, image)
+        platform = _platform()
+        config_blob = _document(OCI_CONFIG, _config(chain, layers, section, created, platform))
         manifest_blob = _document(
             OCI_MANIFEST,
             {
@@ -230,6 +217,32 @@ def export(
     finally:
         remove_tree(stage)
     return top
+
+
+def _platform() -> dict[str, str]:
+    host = Platform.host()
+    platform = {"architecture": host.architecture, "os": host.os}
+    if host.variant:
+        platform["variant"] = host.variant
+    return platform
+
+
+def _config(
+    chain: list[Info],
+    layers: list[_Blob],
+    section: dict[str, Any],
+    created: str | None,
+    platform: dict[str, str],
+) -> dict[str, Any]:
+    """The image config: one history entry per layer, ``rootfs.diff_ids`` base first."""
+    history: list[dict[str, str]] = [{"created_by": f"pysnap snapshot {i.name}"} for i in chain]
+    config: dict[str, Any] = {**platform, "config": section, "history": history}
+    config["rootfs"] = {"type": "layers", "diff_ids": [b.diff_id for b in layers]}
+    if created is not None:
+        config["created"] = created
+        for h in history:
+            h["created"] = created
+    return config
 
 
 def _document(media_type: str, obj: Any) -> _Blob:
