@@ -180,7 +180,9 @@ class OverlaySnapshotter:
         storage.validate_labels(labels)
         with self._ms.transaction() as tx:
             sid, info, _ = storage.get_info(tx, key)  # one record, not the parent chain
-        with guard.exclusive(self._dir(sid), "commit", key):  # no apply of it meanwhile
+        with guard.exclusive(
+            self._dir(sid), "commit", key, shared=True
+        ):  # no apply of it meanwhile
             if info.kind == Kind.ACTIVE:
                 guard.refuse_interrupted(self._dir(sid), "commit", key)
             self._commit(name, key, labels, sid, info)
@@ -225,7 +227,10 @@ class OverlaySnapshotter:
         """
         with self._ms.transaction() as tx:
             sid = storage.get_info(tx, key)[0]
-        with guard.exclusive(self._dir(sid), "remove", key), self._ms.transaction(write=True) as tx:
+        with (
+            guard.exclusive(self._dir(sid), "remove", key, shared=True),
+            self._ms.transaction(write=True) as tx,
+        ):
             sid, _ = storage.remove(tx, key)
         if not self._async_remove:
             self._remove_dirs([self._dir(sid)])

@@ -6,7 +6,10 @@ overlay upper directory with containerd's overlay semantics
 (``archive.Apply`` with ``OverlayConvertWhiteout``); ``write_tar`` walks an
 upper directory and produces its layer (overlay's native diff). Both run in C
 with the GIL released; Python owns only the stream plumbing (decompression
-and hashing in another thread) and the policy.
+and hashing in another thread) and the policy. (One module of about 2,200
+lines, for a reason: both loops share the byte buffers, the error record
+and the tar format's field rules, which a split would turn into a .pxd of
+internals.)
 
 Apply, one entry at a time (the order containerd's ``createTarFile`` uses):
 
@@ -42,7 +45,8 @@ Apply, one entry at a time (the order containerd's ``createTarFile`` uses):
 Tar formats read: ustar (prefix), GNU (long names and link names, ``L`` and
 ``K``), PAX (``path``, ``linkpath``, ``size``, ``uid``, ``gid``, ``mtime`` and
 ``atime`` with nanoseconds, ``SCHILY.xattr.*``), v7. Global PAX headers are
-ignored, as containerd does. GNU sparse files are refused (TarError).
+ignored, as containerd does. GNU sparse files (the GNU format's ``S`` entries,
+PAX 0.0, 0.1 and 1.0) are written with holes.
 """
 
 import os
@@ -54,7 +58,8 @@ from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memchr, memcmp, memcpy, memset, strerror, strlen, strrchr
 from posix.time cimport timespec
-from posix.types cimport dev_t, gid_t, mode_t, uid_t
+from posix.types cimport dev_t, gid_t, mode_t, off_t, uid_t
+from posix.unistd cimport ftruncate, pwrite
 
 from .includes cimport fileops as c
 
@@ -86,6 +91,8 @@ cdef enum:
     ST_DATA = 2               # file data into self.fd
     ST_SKIP = 3               # data nobody keeps, and padding
     ST_END = 4
+    ST_SPARSE_EXT = 5         # old GNU sparse extension blocks (after the header)
+    ST_SPARSE_MAP = 6         # the PAX 1.0 sparse map at the start of the data
 
 cdef enum:
     E_NONE = 0
@@ -434,6 +441,13 @@ cdef class Applier:
     cdef timespec times[2]
     cdef uint32_t devmajor, devminor
     cdef Xattr *xattrs
+    # GNU sparse files: fragments (offset, size) stored back to back
+    cdef uint64_t *smap
+    cdef size_t snum, scap, sidx
+    cdef uint64_t sleft, spos, realsize, smap_read
+    cdef int sparse              # 0 no, 1 map known, 2 PAX 1.0 (map in the data)
+    cdef Buf smaptext
+    cdef Buf sname
     cdef int nxattrs, xattr_cap
     cdef int fd
     cdef int pfd
@@ -492,6 +506,10 @@ cdef class Applier:
         self.dirs = NULL
         self.ndirs = self.dirs_cap = 0
         free(self.xattrs)
+        free(self.smap)
+        self.smap = NULL
+        buf_free(&self.smaptext)
+        buf_free(&self.sname)
         self.xattrs = NULL
         self.xattr_cap = self.nxattrs = 0
         buf_free(&self.ext)
@@ -585,16 +603,17 @@ cdef class Applier:
             if self.state == ST_END:
                 self.offset += n
                 return 0
-            if self.state == ST_HEADER:
+            if self.state == ST_HEADER or self.state == ST_SPARSE_EXT:
                 if self.hdr_have == 0 and n >= BLOCK:
-                    self.hdr_offset = self.offset
+                    if self.state == ST_HEADER:
+                        self.hdr_offset = self.offset
                     self.offset += BLOCK
-                    if self._header(p) < 0:
+                    if self._block_in(p) < 0:
                         return -1
                     p += BLOCK
                     n -= BLOCK
                     continue
-                if self.hdr_have == 0:
+                if self.hdr_have == 0 and self.state == ST_HEADER:
                     self.hdr_offset = self.offset
                 take = BLOCK - self.hdr_have
                 if take > n:
@@ -606,15 +625,42 @@ cdef class Applier:
                 n -= take
                 if self.hdr_have == BLOCK:
                     self.hdr_have = 0
-                    if self._header(self.hdr) < 0:
+                    if self._block_in(self.hdr) < 0:
                         return -1
                 continue
             take = <size_t>self.remain if self.remain < n else n
             if self.state == ST_EXT:
                 if buf_add(&self.ext, p, take):
                     return self._os(errno.ENOMEM, "reading an extended header")
+            elif self.state == ST_SPARSE_MAP:
+                # a block at a time: the map ends inside a block, padding fills it
+                if take > BLOCK - self.smap_read % BLOCK:
+                    take = <size_t>(BLOCK - self.smap_read % BLOCK)
+                if buf_add(&self.smaptext, p, take):
+                    return self._os(errno.ENOMEM, "reading a sparse map")
+                self.smap_read += take
+                self.remain -= take
+                self.offset += take
+                p += take
+                n -= take
+                if (self.smap_read % BLOCK == 0 or self.remain == 0) and \
+                        self._sparse_map_text() < 0:
+                    return -1
+                continue
             elif self.state == ST_DATA:
-                w = c.c_write(self.fd, p, take)
+                if self.sparse:
+                    while self.sleft == 0 and self.sidx + 1 < self.snum:
+                        self.sidx += 1
+                        self.spos = self.smap[2 * self.sidx]
+                        self.sleft = self.smap[2 * self.sidx + 1]
+                    if take > self.sleft:
+                        take = <size_t>self.sleft
+                    w = pwrite(self.fd, p, take, <off_t>self.spos)
+                    if w > 0:
+                        self.spos += <uint64_t>w
+                        self.sleft -= <uint64_t>w
+                else:
+                    w = c.c_write(self.fd, p, take)
                 if w < 0:
                     if errno.errno == errno.EINTR:
                         continue
@@ -747,15 +793,137 @@ cdef class Applier:
                 return self._tar("invalid devminor field")
             self.devminor = <uint32_t>v
         self.nxattrs = 0
+        self.sparse = 0
+        self.snum = 0
+        self.realsize = 0
+        self.sname.len = 0
         if self.has_pax and self._apply_pax() < 0:
             return -1
+        if self.sname.len:
+            buf_set(&self.raw, self.sname.p, self.sname.len)
         self.times[0] = self.times[1]
         self.has_pax = self.has_longname = self.has_longlink = False
         if t == 0 or t == c'7':
             t = c'5' if self.raw.len and self.raw.p[self.raw.len - 1] == c'/' and t == 0 else c'0'
         self.type = t
         self.entries += 1
+        if t == c'S':
+            return self._old_gnu_sparse(b)
         return self._entry()
+
+    cdef int _block_in(self, const char *b) noexcept nogil:
+        if self.state == ST_SPARSE_EXT:
+            return self._old_gnu_sparse_ext(b)
+        return self._header(b)
+
+    cdef int _add_fragment(self, uint64_t off, uint64_t size) noexcept nogil:
+        cdef uint64_t *m
+        if self.snum == self.scap:
+            self.scap = self.scap * 2 if self.scap else 16
+            m = <uint64_t *>realloc(self.smap, sizeof(uint64_t) * 2 * self.scap)
+            if m == NULL:
+                return self._os(errno.ENOMEM, "reading a sparse map")
+            self.smap = m
+        if self.snum and off < self.smap[2 * self.snum - 2] + self.smap[2 * self.snum - 1]:
+            return self._tar("invalid sparse map (fragments overlap or are out of order)")
+        self.smap[2 * self.snum] = off
+        self.smap[2 * self.snum + 1] = size
+        self.snum += 1
+        return 0
+
+    cdef int _old_gnu_fragments(self, const char *b, int count) noexcept nogil:
+        """Entries of 12-byte offset and size fields; the first with a NUL offset ends them."""
+        cdef int i
+        cdef int64_t off, size
+        for i in range(count):
+            if b[i * 24] == 0:
+                break
+            if parse_number(b + i * 24, 12, &off) or parse_number(b + i * 24 + 12, 12, &size) \
+                    or off < 0 or size < 0:
+                return self._tar("invalid sparse map")
+            if self._add_fragment(<uint64_t>off, <uint64_t>size) < 0:
+                return -1
+        return 0
+
+    cdef int _old_gnu_sparse(self, const char *b) noexcept nogil:
+        """The GNU format's sparse header: 4 fragments, then extension blocks of 21."""
+        cdef int64_t v
+        self.sparse = 1
+        if parse_number(b + 483, 12, &v) or v < 0:
+            return self._tar("invalid sparse real size")
+        self.realsize = <uint64_t>v
+        if self._old_gnu_fragments(b + 386, 4) < 0:
+            return -1
+        if b[482]:
+            self.state = ST_SPARSE_EXT
+            return 0
+        self.type = c'0'
+        return self._entry()
+
+    cdef int _old_gnu_sparse_ext(self, const char *b) noexcept nogil:
+        if self._old_gnu_fragments(b, 21) < 0:
+            return -1
+        if b[504]:
+            return 0
+        self.state = ST_HEADER
+        self.type = c'0'
+        return self._entry()
+
+    cdef int _sparse_map_text(self) noexcept nogil:
+        """Parse the PAX 1.0 map ("count\\n" then "offset\\nsize\\n" per fragment) once complete."""
+        cdef size_t i = 0, j, want = 0, got = 0
+        cdef int64_t v, count = -1, off = 0
+        cdef char *t = self.smaptext.p
+        cdef size_t n = self.smaptext.len
+        self.snum = 0
+        while True:
+            j = i
+            while j < n and t[j] != c'\n':
+                j += 1
+            if j >= n:
+                if self.remain == 0:
+                    return self._tar("truncated sparse map")
+                if n > MAX_EXT:
+                    return self._tar("sparse map larger than 1 MiB")
+                return 0                 # more blocks to read
+            if parse_decimal(t + i, j - i, &v):
+                return self._tar("invalid sparse map")
+            i = j + 1
+            if count < 0:
+                count = v
+                if count == 0:
+                    break
+                continue
+            got += 1
+            if got % 2:
+                off = v
+                continue
+            if self._add_fragment(<uint64_t>off, <uint64_t>v) < 0:
+                return -1
+            if <int64_t>self.snum == count:
+                break
+        # the rest of this block is padding; data follows
+        if self.smap_read % BLOCK:
+            return self._tar("invalid sparse map (not padded to a block)")
+        return self._sparse_start(self.remain)
+
+    cdef int _sparse_start(self, uint64_t data) noexcept nogil:
+        """Check the map against the stored data and the real size; start on the fragments."""
+        cdef size_t i
+        cdef uint64_t total = 0
+        for i in range(self.snum):
+            total += self.smap[2 * i + 1]
+            if self.smap[2 * i] + self.smap[2 * i + 1] > self.realsize:
+                return self._tar("invalid sparse map (a fragment past the real size)")
+        if total != data:
+            return self._tar("invalid sparse map (its sizes do not add up to the data)")
+        self.sidx = 0
+        self.spos = self.smap[0] if self.snum else 0
+        self.sleft = self.smap[1] if self.snum else 0
+        self.state = ST_DATA
+        if data == 0:
+            return self._data_done()
+        return 0
 
     cdef int _apply_pax(self) noexcept nogil:
         """Parse the pending PAX records ("%d %s=%s\\n") over the header's fields."""
@@ -819,9 +987,56 @@ cdef class Applier:
                 self.xattrs[self.nxattrs].size = vl
                 self.nxattrs += 1
             elif kl > 11 and memcmp(key, b"GNU.sparse.", 11) == 0:
-                return self._tar("GNU sparse files are not supported")
+                if self._pax_sparse(key + 11, kl - 11, val, vl) < 0:
+                    return -1
             i += rl
         return 0
+
+    cdef int _pax_sparse(self, const char *k, size_t kl, const char *val, size_t vl) noexcept nogil:
+        """GNU.sparse.* records: 1.0 (map in the data), 0.1 (map in "map"), 0.0 (offset/numbytes)."""
+        cdef int64_t v, off = 0
+        cdef size_t i = 0, j
+        cdef int got = 0
+        if (kl == 4 and memcmp(k, b"name", 4) == 0):
+            return buf_set(&self.sname, val, vl)
+        if (kl == 8 and memcmp(k, b"realsize", 8) == 0) or (kl == 4 and memcmp(k, b"size", 4) == 0):
+            if parse_decimal(val, vl, &v):
+                return self._tar("invalid GNU.sparse size")
+            self.realsize = <uint64_t>v
+            return 0
+        if kl == 5 and memcmp(k, b"major", 5) == 0:
+            if vl != 1 or val[0] != c'1':
+                return self._tar("unsupported GNU sparse version")
+            self.sparse = 2
+            return 0
+        if kl == 3 and memcmp(k, b"map", 3) == 0:
+            self.sparse = 1
+            while i < vl:
+                j = i
+                while j < vl and val[j] != c',':
+                    j += 1
+                if parse_decimal(val + i, j - i, &v):
+                    return self._tar("invalid GNU.sparse.map")
+                got += 1
+                if got % 2:
+                    off = v
+                elif self._add_fragment(<uint64_t>off, <uint64_t>v) < 0:
+                    return -1
+                i = j + 1
+            if got % 2:
+                return self._tar("invalid GNU.sparse.map")
+            return 0
+        if kl == 6 and memcmp(k, b"offset", 6) == 0:          # 0.0: offset, numbytes, ...
+            if parse_decimal(val, vl, &v):
+                return self._tar("invalid GNU.sparse.offset")
+            self.spos = <uint64_t>v
+            return 0
+        if kl == 8 and memcmp(k, b"numbytes", 8) == 0:
+            if parse_decimal(val, vl, &v):
+                return self._tar("invalid GNU.sparse.numbytes")
+            self.sparse = 1
+            return self._add_fragment(self.spos, <uint64_t>v)
+        return 0                         # minor, numblocks: nothing to do
 
     # -- one entry -------------------------------------------------------------
 
@@ -832,8 +1047,6 @@ cdef class Applier:
         cdef uint64_t data = <uint64_t>self.size
         if t == c'1' or t == c'2' or t == c'3' or t == c'4' or t == c'5' or t == c'6':
             data = 0                     # header-only types, whatever size says (Go)
-        elif t == c'S':
-            return self._tar("GNU sparse files are not supported")
         elif t != c'0':
             return self._tar("unsupported tar entry type")
         rc = clean_path(self.raw.p, self.raw.len, &self.name)
@@ -1141,6 +1354,17 @@ cdef class Applier:
                 return self._os(errno.errno, "creating a file")
             if self._replace(False) < 0:
                 return -1
+        if self.sparse:
+            self.remain = data
+            self.pad = (BLOCK - data % BLOCK) % BLOCK
+            if self.sparse == 2:         # the map comes first in the data
+                self.state = ST_SPARSE_MAP
+                self.smap_read = 0
+                self.smaptext.len = 0
+                if data == 0:
+                    return self._tar("truncated sparse map")
+                return 0
+            return self._sparse_start(data)
         if data == 0:
             if self._finish_file() < 0:
                 return -1
@@ -1153,6 +1377,9 @@ cdef class Applier:
     cdef int _finish_file(self) noexcept nogil:
         cdef int fd = self.fd
         self.fd = -1
+        if self.sparse and ftruncate(fd, <off_t>self.realsize) < 0:
+            c.close(fd)
+            return self._os(errno.errno, "setting the size of a sparse file")
         if c.fchown(fd, self.uid, self.gid) < 0:
             c.close(fd)
             return self._os(errno.errno, "chown")
@@ -1329,7 +1556,8 @@ cdef class Applier:
         cdef int rc
         if self.root < 0:
             raise ValueError("applier is closed")
-        if self.state == ST_DATA or self.state == ST_EXT or self.hdr_have or \
+        if self.state == ST_DATA or self.state == ST_EXT or self.state == ST_SPARSE_EXT or \
+                self.state == ST_SPARSE_MAP or self.hdr_have or \
                 (self.state == ST_SKIP and (self.remain or self.pad)):
             self.ekind = E_TAR
             buf_set(&self.emsg, "truncated stream: the entry's data ends early", 45)

@@ -404,7 +404,7 @@ def test_breakout(snap, tmp_path: Path, case: str) -> None:
 
 
 def test_symlink_override_path(snap, tmp_path: Path) -> None:
-    """SymlinkOverridePath: a directory replaced by a symlink to / and back writes nothing outside."""
+    """SymlinkOverridePath: a dir replaced by a symlink to / and back writes nothing outside."""
     sn, upper = snap
     name = "breakout-" + tmp_path.name
     host = Path("/tmp") / name

@@ -42,7 +42,7 @@ _KERNEL_REFUSED_HINT = (
 def _opened(layer: LayerSource) -> Iterator[BinaryIO]:
     if isinstance(layer, str | os.PathLike):
         with open(layer, "rb", buffering=0) as f:
-            yield f  # type: ignore[misc]
+            yield f
     else:
         yield layer
 
@@ -76,7 +76,7 @@ def apply_to_snapshot(
     sync: bool,
     force: bool,
 ) -> Layer:
-    """Apply ``layer`` into ``snapshot_dir/fs``; ``lowers`` nearest first. See OverlaySnapshotter.apply."""
+    """Apply ``layer`` into ``snapshot_dir/fs`` (lowers nearest first): OverlaySnapshotter.apply."""
     upper = f"{snapshot_dir}/fs"
     if not force:
         users = mountinfo.users_of(upper)

@@ -16,16 +16,18 @@ memory stays flat whatever the layer (``zstd --long=31`` layers would need
 from __future__ import annotations
 
 import hashlib
+import types
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from ..errors import InvalidArgumentError
 
+_gzip_lib: types.ModuleType
 try:  # the layers extra
     from isal import isal_zlib as _gzip_lib
 except ImportError:  # pragma: no cover - without the extra
-    _gzip_lib = zlib  # type: ignore[no-redef]
+    _gzip_lib = zlib
 
 MEDIA_TAR = "application/vnd.oci.image.layer.v1.tar"
 MEDIA_GZIP = MEDIA_TAR + "+gzip"
@@ -162,6 +164,7 @@ def compressor(compression: str | None, level: int | None) -> Callable[[bytes], 
         )
 
     def step(data: bytes) -> bytes:
-        return c.compress(data) if data else c.flush()
+        out: bytes = c.compress(data) if data else c.flush()
+        return out
 
     return step

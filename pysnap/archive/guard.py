@@ -1,9 +1,10 @@
 """One key's apply excludes its commit and remove; a killed apply leaves a mark.
 
-``snapshots/<id>/lock`` is held with ``flock(LOCK_EX|LOCK_NB)`` by apply,
-commit and remove of the snapshot: across threads and processes, the second
-one is refused at once (FailedPreconditionError), never made to wait behind
-a long apply. ``snapshots/<id>/applying`` exists while an apply runs; one
+``snapshots/<id>/lock`` is held with ``flock(LOCK_NB)`` by apply (exclusive),
+commit and remove (shared: they do not exclude each other) of the snapshot:
+across threads and processes, whichever comes second is refused at once
+(FailedPreconditionError), never made to wait behind a long apply.
+``snapshots/<id>/applying`` exists while an apply runs; one
 that is still there when no apply holds the lock was left by a killed
 apply: commit and apply then refuse the snapshot until it is removed.
 """
@@ -22,8 +23,8 @@ MARK = "applying"
 
 
 @contextlib.contextmanager
-def exclusive(snapshot_dir: str, op: str, key: str) -> Iterator[None]:
-    """Hold the snapshot's lock for ``op``; FailedPreconditionError if an apply holds it."""
+def exclusive(snapshot_dir: str, op: str, key: str, *, shared: bool = False) -> Iterator[None]:
+    """Hold the snapshot's lock for ``op`` (apply: not shared); FailedPreconditionError if busy."""
     try:
         fd = os.open(f"{snapshot_dir}/{LOCK}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except FileNotFoundError:  # the snapshot directory is gone: the record decides
@@ -31,10 +32,11 @@ def exclusive(snapshot_dir: str, op: str, key: str) -> Iterator[None]:
         return
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
+            running = "an apply" if shared else "an apply, commit or remove"
             raise FailedPreconditionError(
-                f"{op} {key!r}: the snapshot is busy (an apply, commit or remove of it is running)"
+                f"{op} {key!r}: the snapshot is busy ({running} of it is running)"
             ) from None
         yield
     finally:

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from .. import __version__
 from ..errors import SnapshotError
-from . import demo, du, images, mounting, snapshots
+from . import demo, du, images, layers, mounting, snapshots
 from ._common import AddCommand, Handler
 from ._output import (
     EXIT_INTERRUPTED,
@@ -47,7 +47,7 @@ class CommandModule(Protocol):
 
 
 # The groups of subcommands, in the order `pysnap --help` lists them.
-COMMAND_MODULES: tuple[CommandModule, ...] = (snapshots, mounting, images, du, demo)
+COMMAND_MODULES: tuple[CommandModule, ...] = (snapshots, mounting, layers, images, du, demo)
 
 # Subcommands whose EPERM means "not root" rather than a file's permissions.
 _MOUNTING_COMMANDS = ("mount", "unmount", "umount", "demo")
