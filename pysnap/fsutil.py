@@ -4,6 +4,11 @@ Python 3.11's ``shutil.rmtree`` recurses (one Python frame per level) and
 fails past about 1000 levels; a snapshot's upper directory can be deeper, and
 its paths longer than PATH_MAX. ``remove_tree`` walks with directory file
 descriptors and an explicit stack instead: no recursion, no long paths.
+
+It never crosses into another mount (a file system, or a bind mount of the same
+one, mounted somewhere below the tree: a container's volume left mounted in its
+upper directory): that mount and the directories above it stay, and the error
+names it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import errno
 import os
 import stat
 from dataclasses import dataclass, field
+
+from snapcore.statx import is_mount_root
 
 __all__ = ["remove_tree"]
 
@@ -27,6 +34,7 @@ class _Frame:
     dev: int
     ino: int
     subdirs: list[bytes] = field(default_factory=list)
+    holds_mount: bool = False  # a mount below it stays, so it stays too
 
 
 def _chmod_dir(name: str | bytes, dir_fd: int | None = None) -> None:
@@ -61,8 +69,13 @@ def _open_dir(name: bytes, dir_fd: int) -> int:
         return os.open(name, _OPEN_DIR, dir_fd=dir_fd)
 
 
-def _empty(fd: int, frame: _Frame) -> None:
-    """Unlink every non-directory in fd; remember the subdirectories in frame."""
+def _empty(fd: int, frame: _Frame) -> list[bytes]:
+    """Unlink every non-directory in fd; remember the subdirectories in frame.
+
+    Returns the names of files that are mount points (a bind mount of a file
+    cannot be unlinked: EBUSY); they stay.
+    """
+    busy: list[bytes] = []
     made_writable = False
     with os.scandir(fd) as it:
         names = [(os.fsencode(e.name), e.is_dir(follow_symlinks=False)) for e in it]
@@ -82,6 +95,12 @@ def _empty(fd: int, frame: _Frame) -> None:
             os.unlink(name, dir_fd=fd)
         except IsADirectoryError:  # became a directory since the listing
             frame.subdirs.append(name)
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+            busy.append(name)
+            frame.holds_mount = True
+    return busy
 
 
 def _rmdir(name: bytes, dir_fd: int) -> None:
@@ -121,8 +140,13 @@ def remove_tree(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> No
     rmdir with dir_fd): one fd per level is never held, only the root's and
     the current directory's, so neither depth nor path length is limited.
 
+    Another mount below path (a different st_dev, or a mount root of the same
+    device) is never entered: it and the directories above it stay, the rest
+    goes, then OSError(EBUSY) names the first one.
+
     Raises:
-        OSError: from the kernel, other than for entries that vanish meanwhile.
+        OSError: from the kernel, other than for entries that vanish meanwhile;
+            EBUSY with the path of a mount found inside (or path itself a mount).
     """
     top = os.fspath(path)
     try:
@@ -142,12 +166,15 @@ def remove_tree(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> No
     except PermissionError:
         _chmod_dir(top)
         root_fd = os.open(top, _OPEN_DIR)
+    mounts: list[bytes] = []  # relative paths of the mounts left in place
     try:
+        if is_mount_root(root_fd):
+            raise OSError(errno.EBUSY, "a mount point: not removing what is mounted there", top)
         rst = os.fstat(root_fd)
         stack = [_Frame(b"", rst.st_dev, rst.st_ino)]
         fd = os.dup(root_fd)
         try:
-            _empty(fd, stack[0])
+            mounts += _empty(fd, stack[0])
             while True:
                 frame = stack[-1]
                 if frame.subdirs:
@@ -164,10 +191,17 @@ def remove_tree(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> No
                     # Rebind fd before closing the parent: a KeyboardInterrupt
                     # after the close must not let the finally close it again.
                     fd, parent = child, fd
-                    os.close(parent)
                     cst = os.fstat(fd)
+                    if cst.st_dev != rst.st_dev or is_mount_root(fd):  # another mount
+                        fd, child = parent, fd
+                        os.close(child)
+                        mounts.append(b"/".join([f.name for f in stack[1:]] + [name]))
+                        frame.holds_mount = True
+                        continue
+                    os.close(parent)
                     stack.append(_Frame(name, cst.st_dev, cst.st_ino))
-                    _empty(fd, stack[-1])
+                    prefix = b"/".join(f.name for f in stack[1:])
+                    mounts += [prefix + b"/" + m for m in _empty(fd, stack[-1])]
                     continue
                 if len(stack) == 1:
                     break
@@ -176,6 +210,9 @@ def remove_tree(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> No
                 parent = _reopen(root_fd, stack, fd)
                 fd, child = parent, fd
                 os.close(child)
+                if frame.holds_mount:
+                    stack[-1].holds_mount = True
+                    continue
                 try:
                     _rmdir(frame.name, fd)
                 except OSError as e:
@@ -186,6 +223,14 @@ def remove_tree(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> No
             os.close(fd)
     finally:
         os.close(root_fd)
+    if mounts:
+        first = os.path.join(os.fsencode(top), mounts[0])
+        more = f" (and {len(mounts) - 1} more)" if len(mounts) > 1 else ""
+        raise OSError(
+            errno.EBUSY,
+            f"a mount inside the tree was left in place{more}; unmount it, then remove again",
+            os.fsdecode(first) if isinstance(top, str) else first,
+        )
     try:
         os.rmdir(top)
     except FileNotFoundError:

@@ -13,15 +13,29 @@ four named databases (record layouts in ``snapcore.keys``):
 - ``meta``: ``schema`` -> be64(SCHEMA_VERSION), ``last_id`` -> be64(last id handed out)
 
 Operational rules (DESIGN.md, "Metadata store"): the map is large and sparse;
-stale readers of killed processes are cleared on open (``reader_check``); an
-environment is never used across ``fork()``; every ``lmdb.Error`` becomes a
-``SnapshotError`` with context.
+stale readers of killed processes are cleared on open (``reader_check``);
+``close()`` waits for the transactions in flight, and every call after it is
+a ``ClosedError``; every ``lmdb.Error`` becomes a ``SnapshotError`` of the
+right kind (``errors.kind_of``) with context.
+
+fork(): LMDB forbids using an environment in a child, and closing it there is
+a use that breaks the parent (the child's abort of a cached read transaction
+frees the parent's reader slot: MDB_BAD_RSLOT) and, once the child opened the
+root itself, drops the child's own POSIX locks (closing any fd of a file drops
+them all). So in a forked child every inherited environment is dropped without
+closing and kept alive for good (even through interpreter shutdown), and the
+child may open the root afresh.
 """
 
 from __future__ import annotations
 
+import collections
+import errno
+import gc
 import os
 import threading
+import weakref
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -29,7 +43,14 @@ import lmdb
 
 from snapcore import keys
 
-from .errors import FailedPreconditionError, SnapshotError
+from .errors import (
+    ClosedError,
+    CorruptStoreError,
+    FailedPreconditionError,
+    MapFullError,
+    SnapshotError,
+    StoreOSError,
+)
 
 SCHEMA_VERSION = 1
 #: Address space reserved for the data file: the file itself is sparse and
@@ -45,21 +66,59 @@ _DB_META = b"meta"
 META_SCHEMA = b"schema"
 META_LAST_ID = b"last_id"
 
-# Environments inherited through fork() and dropped by close() in the child.
-_INHERITED: list[Any] = []
+# The stores open in this process, for the fork hook.
+_OPEN: weakref.WeakSet[MetaStore] = weakref.WeakSet()
+# Data-file paths of environments a forked child inherited (kept, never closed).
+_INHERITED_PATHS: set[str] = set()
 
-# The pid of this process, refreshed in the child after os.fork() (and so
-# after multiprocessing's fork): comparing it costs nothing, while
-# os.getpid() is a system call (~0.2 us) on every transaction.
-_PID = os.getpid()
+# An errno from its strerror text: py-lmdb reports a system error ("mdb_txn_commit:
+# No space left on device") as a message only.
+_ERRNO_BY_TEXT = {os.strerror(n): n for n in errno.errorcode}
+
+
+def _keep_forever(env: Any) -> None:
+    """Hold a reference no one drops: the environment is never closed nor freed here.
+
+    A list would not do: the interpreter's shutdown clears module globals,
+    and py-lmdb's deallocation closes the environment.
+    """
+    import ctypes  # only in a forked child that inherited a store
+
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(env))
 
 
 def _after_fork_in_child() -> None:
-    global _PID
-    _PID = os.getpid()
+    for ms in list(_OPEN):
+        ms._drop_after_fork()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _forget_inherited(path: str) -> bool:
+    """Let this child open ``path`` although an inherited environment holds it.
+
+    py-lmdb refuses to open files that an environment of this process has
+    open ("already open in this process"), fork or not, and forgets them
+    only when that environment is closed, which a child must never do. The
+    guard protects the process's POSIX locks from a second environment's
+    close; the inherited one is never closed, so the child's own environment
+    is safe. The guard's set is private to py-lmdb: found by its contents
+    (the file keys of ``lmdb._envid``, or the real path in older versions).
+    Returns whether anything was forgotten.
+    """
+    try:
+        from lmdb import _envid
+
+        wanted: set[object] = set(_envid.env_keys(path, True))  # type: ignore[no-untyped-call]
+    except ImportError:  # py-lmdb < 3: the guard holds real paths
+        wanted = {os.path.realpath(path)}
+    found = False
+    for obj in gc.get_objects():
+        if type(obj) is set and obj is not wanted and not wanted.isdisjoint(obj):
+            obj.difference_update(wanted)
+            found = True
+    return found
 
 
 class Txn:
@@ -87,31 +146,28 @@ class Txn:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is None:
-            if not self.write:
-                self.txn.abort()
+        try:
+            if exc_type is None:
+                if not self.write:
+                    self.txn.abort()
+                    return
+                try:
+                    self.txn.commit()
+                except lmdb.Error as e:
+                    self._abort()
+                    raise self._ms._error(e, "commit") from e
                 return
-            try:
-                self.txn.commit()
-            except lmdb.Error as e:
-                self._abort()
-                raise _wrap(e, f"commit to {self._ms.path}") from e
-            return
-        self._abort()
-        if isinstance(exc, lmdb.Error):
-            raise _wrap(exc, f"transaction on {self._ms.path}") from exc
+            self._abort()
+            if isinstance(exc, lmdb.Error):
+                raise self._ms._error(exc, "transaction") from exc
+        finally:
+            self._ms._leave()
 
     def _abort(self) -> None:
         try:
             self.txn.abort()
         except lmdb.Error:  # pragma: no cover - abort only fails on a closed env
             pass
-
-
-def _wrap(e: lmdb.Error, what: str) -> SnapshotError:
-    if isinstance(e, lmdb.MapFullError):
-        return SnapshotError(f"metadata store full ({what}): {e}; reopen with a larger map_size")
-    return SnapshotError(f"metadata store error ({what}): {e}")
 
 
 class MetaStore:
@@ -122,10 +178,18 @@ class MetaStore:
     disk. ``sync=False`` skips the flushes (a killed process loses nothing,
     a power loss may lose recent writes) until :meth:`sync`.
 
+    ``on_new_store(found)`` is called in the first write transaction of a
+    store that has no meta record yet, before the record is written; ``found``
+    says what was there ("data.mdb was missing", ...). It may raise to refuse
+    the store (nothing is then recorded).
+
     Raises:
         FailedPreconditionError: the store has a schema version this pysnap
             does not know.
-        SnapshotError: LMDB could not open the environment.
+        CorruptStoreError: data.mdb is damaged (truncated below its last page,
+            not an LMDB file, ...).
+        StoreOSError: the file system failed (errno and data.mdb path kept).
+        SnapshotError: LMDB could not open the environment otherwise.
     """
 
     def __init__(
@@ -134,114 +198,212 @@ class MetaStore:
         *,
         sync: bool = True,
         map_size: int = DEFAULT_MAP_SIZE,
+        on_new_store: Callable[[str], None] | None = None,
     ) -> None:
         self.root = os.fspath(root)
         self.path = os.path.join(self.root, "metadata.lmdb")
+        self.data_path = os.path.join(self.path, "data.mdb")
         self._pid = os.getpid()
+        # One item per transaction in flight. deque.append and pop are atomic,
+        # so the hot path takes no lock: a transaction appends, then reads
+        # _env; close() clears _env, then reads the length under _lock and
+        # waits on _idle, which a leaving transaction that sees _env cleared
+        # notifies. One of the two always sees the other.
+        self._inflight: collections.deque[None] = collections.deque()
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._env: Any = None
         self._dbs: tuple[Any, Any, Any, Any] = (None, None, None, None)
+        if not isinstance(map_size, int) or map_size <= 0:
+            raise SnapshotError(f"map_size must be a positive int, not {map_size!r}")
         os.makedirs(self.path, mode=0o700, exist_ok=True)
+        found = self._data_file_state()
+        env = self._open_env(map_size, sync)
         try:
-            env = lmdb.open(
-                self.path,
-                map_size=map_size,
-                max_dbs=8,
-                max_readers=MAX_READERS,
-                sync=sync,
-                metasync=sync,
-                readahead=False,  # random access to a sparse map: don't read ahead
-                lock=True,
-                mode=0o644,  # containerd opens metadata.db 0644
-                max_spare_txns=4,
-            )
-        except lmdb.Error as e:
-            raise _wrap(e, f"open {self.path}") from e
-        try:
+            self._check_size(env)
             env.reader_check()  # clear slots of killed readers (DESIGN.md)
-            self._dbs = self._open_dbs(env)
+            self._dbs = self._open_dbs(env, found, on_new_store)
         except BaseException as e:
             env.close()
             if isinstance(e, lmdb.Error):
-                raise _wrap(e, f"reader check on {self.path}") from e
+                raise self._error(e, "open") from e
             raise
         self._env = env
+        _OPEN.add(self)
 
-    def _open_dbs(self, env: Any) -> tuple[Any, Any, Any, Any]:
+    def _data_file_state(self) -> str:
+        """What data.mdb is before the open, in words for the lost-store check."""
         try:
-            with env.begin(write=True) as txn:
-                dbs = tuple(
-                    env.open_db(name, txn=txn, create=True)
-                    for name in (_DB_SNAPSHOTS, _DB_PARENTS, _DB_IDS, _DB_META)
+            size = os.stat(self.data_path).st_size
+        except FileNotFoundError:
+            return f"{self.data_path} was missing"
+        return (
+            f"{self.data_path} was empty" if size == 0 else f"{self.data_path} has no meta record"
+        )
+
+    def _open_env(self, map_size: int, sync: bool) -> Any:
+        for attempt in (1, 2):
+            try:
+                return lmdb.open(
+                    self.path,
+                    map_size=map_size,
+                    max_dbs=8,
+                    max_readers=MAX_READERS,
+                    sync=sync,
+                    metasync=sync,
+                    readahead=False,  # random access to a sparse map: don't read ahead
+                    lock=True,
+                    mode=0o644,  # containerd opens metadata.db 0644
+                    max_spare_txns=4,
                 )
-                raw = txn.get(META_SCHEMA, db=dbs[3])
-                if raw is None:
-                    if txn.stat(dbs[0])["entries"] or txn.stat(dbs[3])["entries"]:
-                        raise FailedPreconditionError(
-                            f"metadata store {self.path}: records without a schema version"
-                        )
-                    txn.put(META_SCHEMA, keys.id_key(SCHEMA_VERSION), db=dbs[3])
-                    txn.put(META_LAST_ID, keys.id_key(0), db=dbs[3])
-                elif len(raw) != 8 or keys.decode_id(raw) != SCHEMA_VERSION:
-                    version = keys.decode_id(raw) if len(raw) == 8 else repr(raw)
+            except lmdb.Error as e:
+                real = os.path.realpath(self.data_path)
+                # Once only: a second open in this child meets its own first
+                # environment, which the guard must keep refusing.
+                if attempt == 1 and real in _INHERITED_PATHS and "already open" in str(e):
+                    _INHERITED_PATHS.discard(real)
+                    if _forget_inherited(self.path):
+                        continue  # a forked child opening its parent's root itself
+                raise self._error(e, "open") from e
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check_size(self, env: Any) -> None:
+        """Refuse a data file shorter than its last page: reading it would be SIGBUS."""
+        end = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        size = os.stat(self.data_path).st_size
+        if size < end:
+            raise CorruptStoreError(
+                f"metadata store {self.data_path} is damaged: the file has {size} bytes, "
+                f"its last page ends at byte {end} (truncated?); restore it from a backup"
+            )
+
+    def _open_dbs(
+        self, env: Any, found: str, on_new_store: Callable[[str], None] | None
+    ) -> tuple[Any, Any, Any, Any]:
+        with env.begin(write=True) as txn:
+            dbs = tuple(
+                env.open_db(name, txn=txn, create=True)
+                for name in (_DB_SNAPSHOTS, _DB_PARENTS, _DB_IDS, _DB_META)
+            )
+            raw = txn.get(META_SCHEMA, db=dbs[3])
+            if raw is None:
+                if txn.stat(dbs[0])["entries"] or txn.stat(dbs[3])["entries"]:
                     raise FailedPreconditionError(
-                        f"metadata store {self.path} has schema version {version}; "
-                        f"this pysnap reads version {SCHEMA_VERSION} only"
+                        f"metadata store {self.path}: records without a schema version"
                     )
-        except lmdb.Error as e:
-            raise _wrap(e, f"open {self.path}") from e
+                if on_new_store is not None:
+                    on_new_store(found)
+                txn.put(META_SCHEMA, keys.id_key(SCHEMA_VERSION), db=dbs[3])
+                txn.put(META_LAST_ID, keys.id_key(0), db=dbs[3])
+            elif len(raw) != 8 or keys.decode_id(raw) != SCHEMA_VERSION:
+                version = keys.decode_id(raw) if len(raw) == 8 else repr(raw)
+                raise FailedPreconditionError(
+                    f"metadata store {self.path} has schema version {version}; "
+                    f"this pysnap reads version {SCHEMA_VERSION} only"
+                )
         snapshots, parents, ids, meta = dbs
         return snapshots, parents, ids, meta
 
-    def _check(self) -> Any:
-        env = self._env
-        if self._pid != _PID:
-            raise SnapshotError(
+    def _error(self, e: lmdb.Error, what: str) -> SnapshotError:
+        """The SnapshotError of the right kind for an lmdb.Error during ``what``."""
+        where = f"metadata store {self.data_path} ({what})"
+        if isinstance(e, lmdb.MapFullError):
+            size = self._env.info()["map_size"] if self._env is not None else None
+            return MapFullError(
+                f"{where}: the map size{f' ({size} bytes)' if size else ''} is used up: {e}; "
+                "open it again with a larger map size (OverlaySnapshotter(root, map_size=...), "
+                "pysnap --map-size)"
+            )
+        if isinstance(e, lmdb.PanicError):
+            return CorruptStoreError(
+                f"{where}: LMDB refuses every transaction after a failed write (MDB_PANIC); "
+                f"close and open the snapshotter again: {e}"
+            )
+        if isinstance(e, (lmdb.CorruptedError, lmdb.InvalidError, lmdb.PageNotFoundError)):
+            return CorruptStoreError(f"{where}: the file is damaged: {e}")
+        text = str(e).rpartition(": ")[2]
+        if text in _ERRNO_BY_TEXT:
+            return StoreOSError(_ERRNO_BY_TEXT[text], f"{where}: {e}", self.data_path)
+        return SnapshotError(f"{where}: {e}")
+
+    def _unusable(self) -> SnapshotError:
+        if self._pid != os.getpid():
+            return ClosedError(
                 f"metadata store {self.path} was opened in process {self._pid} and "
                 "cannot be used after fork(); open the store in the child"
             )
-        if env is None:
-            raise SnapshotError(f"metadata store {self.path} is closed")
-        return env
+        return ClosedError(f"metadata store {self.path} is closed")
 
     def transaction(self, write: bool = False) -> Txn:
         """A context manager giving a :class:`Txn`.
 
         A write block that exits normally is committed; an error, or any read
         block, aborts. An ``lmdb.Error`` leaves as a ``SnapshotError``.
+        ``close()`` waits until the block has exited.
+
+        Raises:
+            ClosedError: the store is closed (or was opened before a fork).
         """
-        env = self._env
-        if env is None or self._pid != _PID:
-            env = self._check()
+        env = self._enter()
         try:
             txn = env.begin(None, None, write)
-        except lmdb.Error as e:
-            raise _wrap(e, f"begin on {self.path}") from e
+        except BaseException as e:
+            self._leave()
+            if isinstance(e, lmdb.Error):
+                raise self._error(e, "begin") from e
+            raise
         return Txn(self, txn, write)
+
+    def _enter(self) -> Any:
+        """Count a transaction in flight; its environment. Raises ClosedError."""
+        self._inflight.append(None)
+        env = self._env
+        if env is None:
+            self._leave()
+            raise self._unusable()
+        return env
+
+    def _leave(self) -> None:
+        self._inflight.pop()
+        if self._env is None:  # close() may be waiting
+            with self._lock:
+                self._idle.notify_all()
 
     def sync(self) -> None:
         """Flush the environment to disk (meaningful with ``sync=False``)."""
-        env = self._check()
+        env = self._enter()
         try:
             env.sync(True)
         except lmdb.Error as e:
-            raise _wrap(e, f"sync {self.path}") from e
+            raise self._error(e, "sync") from e
+        finally:
+            self._leave()
 
     def close(self) -> None:
-        """Close the environment; idempotent.
+        """Close the environment once the transactions in flight are done; idempotent.
 
-        In a forked child the inherited environment is only dropped: LMDB
-        forbids using it there, and closing it is a use.
+        Never call it inside a transaction of this store (it would wait for itself).
         """
         with self._lock:
             env, self._env = self._env, None
-            self._dbs = (None, None, None, None)
+            while self._inflight:
+                self._idle.wait()
         if env is None:
             return
-        if os.getpid() == self._pid:
-            env.close()
-        else:
-            _INHERITED.append(env)  # never closed, not even by garbage collection
+        self._dbs = (None, None, None, None)
+        _OPEN.discard(self)
+        env.close()
+
+    def _drop_after_fork(self) -> None:
+        """In a forked child: forget the environment without closing it (see above)."""
+        self._lock = threading.Lock()  # another thread may have held it at fork
+        self._idle = threading.Condition(self._lock)
+        self._inflight = collections.deque()
+        env, self._env = self._env, None
+        self._dbs = (None, None, None, None)
+        if env is not None:
+            _keep_forever(env)
+            _INHERITED_PATHS.add(os.path.realpath(self.data_path))
 
     @property
     def closed(self) -> bool:

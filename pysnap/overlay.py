@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -29,16 +30,21 @@ from . import blobstore, kernel, overlayopts, storage
 from .archive import Layer, guard
 from .archive.apply import LayerSource, apply_to_snapshot
 from .archive.diff import LayerTarget, diff_upper
-from .errors import FailedPreconditionError, NotFoundError
+from .errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from .filters import compile_filters
 from .fsutil import remove_tree
-from .metastore import MetaStore
+from .metastore import DEFAULT_MAP_SIZE, MetaStore
 from .mounts import Mount
 from .types import Info, Kind, Usage
 
 log = logging.getLogger(__name__)
 
 UPPERDIR_LABEL = "containerd.io/snapshot/overlay.upperdir"
+
+# The names pysnap makes under snapshots/: an id (ASCII, no leading zero: str.isdigit
+# would take Arabic-Indic and superscript digits), a create's temporary directory, a remove's.
+_ID_NAME = re.compile(r"[1-9][0-9]*")
+_OWN_NAME = re.compile(r"[1-9][0-9]*|new-.*|rm-.*", re.DOTALL)
 
 Labels = Mapping[str, str] | None
 Progress = Callable[[int, int], object] | None
@@ -49,6 +55,15 @@ class OverlaySnapshotter:
 
     Thread-safe; many processes may open one root at once (LMDB's locking).
     Use it as a context manager, or call ``close()`` (twice is harmless).
+    ``map_size`` is the metadata store's address-space limit in bytes (the
+    file is sparse); a store that fills it raises MapFullError.
+
+    Raises (opening):
+        InvalidArgumentError: a root path overlay options cannot carry.
+        FailedPreconditionError: ``snapshots/`` is a symlink; the metadata
+            store is missing, empty or has no meta record while ``snapshots/``
+            holds snapshot directories; no d_type.
+        CorruptStoreError: the metadata store's data file is damaged.
     """
 
     def __init__(
@@ -59,33 +74,60 @@ class OverlaySnapshotter:
         async_remove: bool = False,
         mount_options: Sequence[str] = (),
         upperdir_label: bool = False,
+        map_size: int = DEFAULT_MAP_SIZE,
     ) -> None:
         self.root = os.path.abspath(os.fspath(root))
         overlayopts.check_root(self.root)  # its paths go into overlay options as they are
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         self._snapshots = os.path.join(self.root, "snapshots")
-        if not os.path.isdir(self._snapshots):
-            # A new root: probed once, before snapshots/ records that it
+        if os.path.islink(self._snapshots):
+            raise FailedPreconditionError(
+                f"open {self.root!r}: {self._snapshots} is a symlink; pysnap never follows it "
+                "(cleanup() would empty the directory it points to)"
+            )
+        new_root = not os.path.isdir(self._snapshots)
+        if new_root and not kernel.supports_d_type(self.root):
+            # Probed once, when the root is created: snapshots/ records that it
             # passed, so opening an existing root writes nothing (a full disk
             # still opens). In the root, as containerd's probe: under
             # snapshots/ a cleanup() in another process would reap it.
-            if not kernel.supports_d_type(self.root):
-                raise FailedPreconditionError(
-                    f"open {self.root!r}: the filesystem does not report d_type, "
-                    "which overlayfs needs (containerd refuses it too)"
-                )
+            raise FailedPreconditionError(
+                f"open {self.root!r}: the filesystem does not report d_type, "
+                "which overlayfs needs (containerd refuses it too)"
+            )
+        # The meta record is written before snapshots/ exists: a store without
+        # one next to snapshot directories is a lost store, never a new one.
+        self._ms = MetaStore(
+            self.root, sync=sync, map_size=map_size, on_new_store=self._refuse_lost_store
+        )
+        if new_root:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(self._snapshots, 0o700)
         self._sync = sync
         self._async_remove = async_remove
         self._upperdir_label = upperdir_label
         self._options = overlayopts.default_options(mount_options)
-        self._ms = MetaStore(self.root, sync=sync)
+
+    def _refuse_lost_store(self, found: str) -> None:
+        try:
+            names = [n for n in os.listdir(self._snapshots) if _ID_NAME.fullmatch(n)]
+        except FileNotFoundError:
+            return
+        if names:
+            some = ", ".join(sorted(names, key=int)[:5]) + (", ..." if len(names) > 5 else "")
+            raise FailedPreconditionError(
+                f"open {self.root!r}: {found}, but {self._snapshots} holds {len(names)} "
+                f"snapshot directories ({some}); their records are lost: move snapshots/ "
+                "aside or restore data.mdb"
+            )
 
     # -- lifecycle ----------------------------------------------------------
 
     def close(self) -> None:
-        """Close the metadata store. Calling it again does nothing."""
+        """Close the metadata store once the calls in flight on other threads are done.
+
+        Every call after it raises ClosedError; calling it again does nothing.
+        """
         self._ms.close()  # idempotent and thread-safe itself
 
     def sync(self) -> None:
@@ -168,15 +210,24 @@ class OverlaySnapshotter:
         """Create a read-only VIEW ``key`` of the COMMITTED ``parent``; its mounts."""
         return self._create(Kind.VIEW, key, parent, labels)
 
-    def commit(self, name: str, key: str, labels: Labels = None) -> None:
+    def commit(
+        self, name: str, key: str, *, labels: Labels = None, parent: str | None = None
+    ) -> None:
         """Commit the ACTIVE snapshot ``key`` as the COMMITTED snapshot ``name``.
 
-        The upper directory's usage is computed and stored. Raises, in this
-        order: NotFoundError (no key), AlreadyExistsError (name taken),
-        FailedPreconditionError (key is not ACTIVE).
+        The upper directory's usage is computed and stored. ``parent`` sets
+        the parent of a snapshot prepared without one (containerd 2.2's
+        rebase, for parallel unpack); the one it has already is accepted.
+        Raises, in this order: NotFoundError (no key), AlreadyExistsError
+        (name taken), FailedPreconditionError (key is not ACTIVE), then for
+        ``parent``: InvalidArgumentError ("cannot change parent"),
+        NotFoundError (no such parent), FailedPreconditionError (parent not
+        committed).
         """
         # Checked before the walk, so bad input never costs one.
         storage.validate_key(name, "name")
+        if parent:
+            storage.validate_key(parent, "parent")
         storage.validate_labels(labels)
         with self._ms.transaction() as tx:
             sid, info, _ = storage.get_info(tx, key)  # one record, not the parent chain
@@ -185,9 +236,11 @@ class OverlaySnapshotter:
         ):  # no apply of it meanwhile
             if info.kind == Kind.ACTIVE:
                 guard.refuse_interrupted(self._dir(sid), "commit", key)
-            self._commit(name, key, labels, sid, info)
+            self._commit(name, key, labels, sid, info, parent or "")
 
-    def _commit(self, name: str, key: str, labels: Labels, sid: int, info: Info) -> None:
+    def _commit(
+        self, name: str, key: str, labels: Labels, sid: int, info: Info, parent: str
+    ) -> None:
         usage = Usage()
         if info.kind == Kind.ACTIVE:
             # The walk runs outside the write transaction; commit_active checks
@@ -199,15 +252,17 @@ class OverlaySnapshotter:
                     f"commit {key!r}: snapshot was removed during the usage walk"
                 ) from None
         with self._ms.transaction(write=True) as tx:
-            storage.commit_active(tx, key, name, usage, labels, expected_id=sid)
+            storage.commit_active(tx, key, name, usage, labels, sid, parent)
 
     def update(self, info: Info, *fieldpaths: str) -> Info:
         """Change the labels of ``info.name`` and return its new Info.
 
         No paths, or ``labels``: the labels become ``info.labels``.
         ``labels.K``: K takes ``info.labels.get(K, "")``; empty deletes it.
-        Any other path: InvalidArgumentError.
+        Any other path, or ``info`` not an Info: InvalidArgumentError.
         """
+        if not isinstance(info, Info):
+            raise InvalidArgumentError(f"update needs an Info, not {type(info).__name__}")
         if not self._upperdir_label:
             with self._ms.transaction(write=True) as tx:
                 return storage.update_info(tx, info, *fieldpaths)
@@ -290,8 +345,10 @@ class OverlaySnapshotter:
     def cleanup(self) -> None:
         """Remove directories no live snapshot owns (crashed creates, unfinished removes).
 
-        Also removes layer blobs (pysnap.blobstore) that no snapshot's
-        labels name any more, and blob copies whose writer is gone.
+        Only names pysnap makes are reaped (an id, ``new-*``, ``rm-*``); anything
+        else under ``snapshots/`` is logged and left. Also removes layer blobs
+        (pysnap.blobstore) that no snapshot's labels name any more, and blob
+        copies whose writer is gone.
         """
         with self._ms.transaction(write=True) as tx:
             live = {str(i) for i in storage.id_map(tx)}
@@ -301,7 +358,10 @@ class OverlaySnapshotter:
                 if name in live:
                     continue
                 path = os.path.join(self._snapshots, name)
-                if name.isdigit():
+                if not _OWN_NAME.fullmatch(name):
+                    log.warning("cleanup: leaving %s: pysnap never makes that name", path)
+                    continue
+                if _ID_NAME.fullmatch(name):
                     # A crashed create's id was never committed, so the next
                     # create takes it again: move the leftover out of its way
                     # before the lock is released, then delete it at leisure.

@@ -23,6 +23,7 @@ from snapcore import keys
 
 from .errors import (
     AlreadyExistsError,
+    CorruptStoreError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -130,7 +131,7 @@ def validate_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
 
 
 def _corrupt(key: str, e: Exception) -> SnapshotError:
-    return SnapshotError(f"snapshot {key!r}: {e}")
+    return CorruptStoreError(f"snapshot {key!r}: {e}")
 
 
 def _record(key: str, raw: bytes) -> tuple[int, int, str, dict[str, str], int, int, int, int]:
@@ -156,25 +157,25 @@ def _parent_ids(tx: Txn, parent: str) -> list[int]:
     while name:
         raw = get(name, None, db)
         if raw is None:
-            raise SnapshotError(f"metadata store corrupt: parent snapshot {name!r} is missing")
+            raise CorruptStoreError(f"metadata store corrupt: parent snapshot {name!r} is missing")
         try:
             sid, name = _decode_link(raw)
         except _RecordError as e:
             raise _corrupt(name.decode(errors="replace"), e) from e
         ids.append(sid)
         if len(ids) > _MAX_DEPTH:
-            raise SnapshotError("metadata store corrupt: parent chain loops")
+            raise CorruptStoreError("metadata store corrupt: parent chain loops")
     return ids
 
 
 def _next_id(tx: Txn) -> int:
     raw = tx.txn.get(META_LAST_ID, None, tx.meta)
     if raw is None:
-        raise SnapshotError("metadata store corrupt: the id counter is missing")
+        raise CorruptStoreError("metadata store corrupt: the id counter is missing")
     try:
         last: int = keys.decode_id(raw)
     except _RecordError as e:
-        raise SnapshotError(f"metadata store corrupt: {e}") from e
+        raise CorruptStoreError(f"metadata store corrupt: {e}") from e
     if last >= _MAX_ID:
         raise SnapshotError("metadata store: snapshot ids exhausted")
     tx.txn.put(META_LAST_ID, keys.id_key(last + 1), db=tx.meta)
@@ -273,9 +274,12 @@ def update_info(tx: Txn, info: Info, *fieldpaths: str) -> Info:
     times in ``info`` are ignored (containerd's bolt.go UpdateInfo).
 
     Raises:
-        InvalidArgumentError: a path other than ``labels``/``labels.K``; bad labels.
+        InvalidArgumentError: ``info`` is not an Info; a path other than
+            ``labels``/``labels.K``; bad labels.
         NotFoundError: no snapshot ``info.name``.
     """
+    if not isinstance(info, Info):
+        raise InvalidArgumentError(f"update needs an Info, not {type(info).__name__}")
     key = info[1]
     kb = _key_bytes(key)
     given = info[3] if info[3] is not None else {}
@@ -304,25 +308,32 @@ def commit_active(
     usage: Usage,
     labels: Mapping[str, str] | None,
     expected_id: int | None = None,
+    parent: str = "",
 ) -> int:
     """Turn ACTIVE ``key`` into COMMITTED ``name``; return the (unchanged) id.
 
     ``name`` keeps the id and parent, gets ``usage`` and only the labels of
-    this call; ``created`` = ``updated`` = now. ``key`` disappears.
+    this call; ``created`` = ``updated`` = now. ``key`` disappears. A
+    ``parent`` given for a snapshot prepared without one becomes its parent
+    (containerd 2.2's rebase on commit); the same parent again changes nothing.
 
     Raises (in this order, as containerd's bolt.go CommitActive):
-        InvalidArgumentError: bad key, name, labels or usage.
-        NotFoundError: no snapshot ``key``, or its id is not ``expected_id``.
+        InvalidArgumentError: bad key, name, parent, labels or usage; a
+            ``parent`` other than the one already set ("cannot change parent").
+        NotFoundError: no snapshot ``key``, or its id is not ``expected_id``;
+            no snapshot ``parent``.
         AlreadyExistsError: ``name`` is taken.
-        FailedPreconditionError: ``key`` is not ACTIVE.
+        FailedPreconditionError: ``key`` is not ACTIVE; ``parent`` is not COMMITTED.
     """
     kb = _key_bytes(key)
     nb = _key_bytes(name, "name")
+    if parent != "":
+        _key_bytes(parent, "parent")
     clean = validate_labels(labels)
     size = _usage_int(usage[0], "size")
     inodes = _usage_int(usage[1], "inodes")
     txn, db = tx.txn, tx.snapshots
-    sid, kind, parent = _load(tx, key, kb)[:3]
+    sid, kind, old_parent = _load(tx, key, kb)[:3]
     # A key recreated since the caller read it is the snapshot gone, like a
     # missing key: checked first, whatever the new one's kind.
     if expected_id is not None and sid != expected_id:
@@ -335,12 +346,32 @@ def commit_active(
         raise FailedPreconditionError(
             f"cannot commit snapshot {key!r}: it is {_KINDS[kind]}, not active"
         )
+    if parent and parent != old_parent:
+        _rebase(tx, key, sid, old_parent, parent)
+    else:
+        parent = old_parent
     now = time.time_ns()
     txn.delete(kb, db=db)
     record = keys.encode_record(sid, Kind.COMMITTED, parent, clean, now, now, size, inodes)
     txn.put(nb, record, db=db)
     txn.put(keys.id_key(sid), nb, db=tx.ids)
     return sid
+
+
+def _rebase(tx: Txn, key: str, sid: int, old_parent: str, parent: str) -> None:
+    """Link the parentless snapshot ``sid`` under the COMMITTED ``parent`` (commit's rebase)."""
+    if old_parent:
+        raise InvalidArgumentError(
+            f"cannot change parent of active snapshot {key!r} on commit "
+            f"(from {old_parent!r} to {parent!r})"
+        )
+    raw = tx.txn.get(parent.encode(), None, tx.snapshots)
+    if raw is None:
+        raise NotFoundError(f"commit {key!r}: parent snapshot {parent!r} does not exist")
+    rec = _record(parent, raw)
+    if rec[1] != Kind.COMMITTED:
+        raise FailedPreconditionError(f"commit {key!r}: parent {parent!r} is not committed")
+    tx.txn.put(keys.parent_key(rec[0], sid), b"", db=tx.parents)
 
 
 def remove(tx: Txn, key: str) -> tuple[int, Kind]:
@@ -372,7 +403,7 @@ def walk_info(tx: Txn) -> list[Info]:
         try:
             return keys.decode_infos(cur.iternext())
         except _RecordError as e:
-            raise SnapshotError(f"metadata store corrupt: {e}") from e
+            raise CorruptStoreError(f"metadata store corrupt: {e}") from e
 
 
 def id_map(tx: Txn) -> dict[int, str]:
@@ -381,4 +412,4 @@ def id_map(tx: Txn) -> dict[int, str]:
         try:
             return {keys.decode_id(k): v.decode() for k, v in cur.iternext()}
         except (_RecordError, UnicodeDecodeError) as e:
-            raise SnapshotError(f"metadata store corrupt: {e}") from e
+            raise CorruptStoreError(f"metadata store corrupt: {e}") from e

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# the `containerd` fixture: a private containerd on pysnap serve (containerd_env.py)
+from containerd_env import containerd  # noqa: F401
+
 from pysnap.fsutil import remove_tree
 
 

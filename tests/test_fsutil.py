@@ -239,3 +239,101 @@ def test_no_proc_for_the_chmod_raises_instead_of_looping(tmp_path: Path, public_
         unprivileged(run)
     assert e.value.errno == errno.EOPNOTSUPP
     os.chmod(tree / "x" / "a", 0o700)
+
+
+# ---- mounts inside the tree -------------------------------------------------
+
+
+@pytest.fixture
+def mounted() -> Any:
+    """mount(fstype, source, target, flags) for the test; everything unmounted after."""
+    from snapcore import mount as sysmount
+
+    targets: list[Path] = []
+
+    def do(fstype: str, source: str, target: Path, flags: int = 0) -> None:
+        sysmount.mount(source, target, fstype, flags, "size=1m" if fstype == "tmpfs" else "")
+        targets.append(target)
+
+    yield do
+    for t in reversed(targets):
+        sysmount.umount(t, sysmount.MNT_DETACH)
+
+
+@pytest.mark.root
+def test_never_crosses_into_a_mount(tmp_path: Path, mounted: Any) -> None:
+    from snapcore import mount as sysmount
+
+    top = tmp_path / "snap"
+    (top / "fs" / "vol").mkdir(parents=True)
+    (top / "fs" / "a" / "bind").mkdir(parents=True)
+    (top / "fs" / "a" / "f").write_text("x")
+    (top / "fs" / "plain" / "d").mkdir(parents=True)
+    (top / "work").mkdir()
+    mounted("tmpfs", "tmpfs", top / "fs" / "vol")
+    (top / "fs" / "vol" / "data").write_text("keep")  # another file system
+    elsewhere = tmp_path / "elsewhere"  # the same file system, bind-mounted
+    (elsewhere / "sub").mkdir(parents=True)
+    (elsewhere / "sub" / "data").write_text("keep too")
+    mounted("", str(elsewhere), top / "fs" / "a" / "bind", sysmount.MS_BIND)
+    assert os.stat(elsewhere).st_dev == os.stat(top).st_dev
+
+    with pytest.raises(OSError) as e:
+        remove_tree(top)
+    assert e.value.errno == errno.EBUSY
+    assert e.value.filename in (str(top / "fs" / "vol"), str(top / "fs" / "a" / "bind"))
+    assert "1 more" in str(e.value)
+    # Nothing inside either mount was touched; everything else went.
+    assert (top / "fs" / "vol" / "data").read_text() == "keep"
+    assert (elsewhere / "sub" / "data").read_text() == "keep too"
+    assert sorted(p.name for p in (top / "fs").iterdir()) == ["a", "vol"]
+    assert os.listdir(top / "fs" / "a") == ["bind"]
+    assert sorted(os.listdir(top)) == ["fs"]
+
+
+@pytest.mark.root
+def test_a_mount_point_itself_is_not_emptied(tmp_path: Path, mounted: Any) -> None:
+    top = tmp_path / "snap"
+    top.mkdir()
+    mounted("tmpfs", "tmpfs", top)
+    (top / "data").write_text("keep")
+    with pytest.raises(OSError) as e:
+        remove_tree(top)
+    assert (e.value.errno, e.value.filename) == (errno.EBUSY, str(top))
+    assert (top / "data").read_text() == "keep"
+
+
+@pytest.mark.root
+def test_a_file_bind_mount_stays(tmp_path: Path, mounted: Any) -> None:
+    from snapcore import mount as sysmount
+
+    top = tmp_path / "snap"
+    (top / "d").mkdir(parents=True)
+    (top / "d" / "target").write_text("")
+    (top / "other").write_text("x")
+    src = tmp_path / "src"
+    src.write_text("keep")
+    mounted("", str(src), top / "d" / "target", sysmount.MS_BIND)
+    with pytest.raises(OSError) as e:
+        remove_tree(top)
+    assert (e.value.errno, e.value.filename) == (errno.EBUSY, str(top / "d" / "target"))
+    assert (top / "d" / "target").read_text() == "keep"
+    assert sorted(os.listdir(top)) == ["d"]
+
+
+def test_is_mount_root(tmp_path: Path) -> None:
+    from snapcore.statx import is_mount_root
+
+    fd = os.open("/", _DIR)
+    try:
+        assert is_mount_root(fd, "proc") and is_mount_root(fd)
+    finally:
+        os.close(fd)
+    fd = os.open(tmp_path, _DIR)
+    try:
+        (tmp_path / "d").mkdir()
+        assert not is_mount_root(fd) and not is_mount_root(fd, b"d")
+        with pytest.raises(FileNotFoundError):
+            is_mount_root(fd, "missing")
+    finally:
+        os.close(fd)

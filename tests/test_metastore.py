@@ -610,6 +610,9 @@ def test_reader_check_error_is_snapshot_error(
         def __init__(self, env: lmdb.Environment) -> None:
             self._env = env
 
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._env, name)
+
         def reader_check(self) -> int:
             raise lmdb.ReadersFullError("injected")
 

@@ -1,4 +1,11 @@
-"""OverlaySnapshotter: the behaviours containerd's snapshot testsuite checks, on real mounts."""
+"""The behaviours containerd's snapshot testsuite checks, on real mounts.
+
+Every test that takes ``sn`` or ``open_sn`` runs twice, as uvloop runs one
+suite on two loops: on an OverlaySnapshotter in process ("local"), and on a
+RemoteSnapshotter talking to ``pysnap serve``'s service over a unix socket
+("remote"). Tests of options the server does not pass, of reopening and of
+crashes stay in process.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from served import served_snapshotter
 
 from pysnap import Info, Kind, Mount, OverlaySnapshotter, Usage, mounted
 from pysnap.errors import (
@@ -27,10 +35,22 @@ from pysnap.overlay import UPPERDIR_LABEL
 Applier = Callable[[Path], None]
 
 
+IMPLS: dict[str, Callable[..., contextlib.AbstractContextManager[OverlaySnapshotter]]] = {
+    "local": OverlaySnapshotter,
+    "remote": served_snapshotter,  # type: ignore[dict-item]  # the same API
+}
+
+
+@pytest.fixture(params=IMPLS)
+def open_sn(request: pytest.FixtureRequest) -> Iterator[Callable[..., OverlaySnapshotter]]:
+    """``open_sn(root, **options)``: a snapshotter of this run's kind, closed at teardown."""
+    with contextlib.ExitStack() as stack:
+        yield lambda root, **options: stack.enter_context(IMPLS[request.param](root, **options))
+
+
 @pytest.fixture
-def sn(tmp_path: Path) -> Iterator[OverlaySnapshotter]:
-    with OverlaySnapshotter(tmp_path / "root", sync=False) as s:
-        yield s
+def sn(open_sn: Callable[..., OverlaySnapshotter], tmp_path: Path) -> OverlaySnapshotter:
+    return open_sn(tmp_path / "root", sync=False)
 
 
 # -- helpers -----------------------------------------------------------------
@@ -195,6 +215,38 @@ def test_commit_error_order(sn: OverlaySnapshotter) -> None:
         sn.commit("x", "taken")
 
 
+def test_commit_with_parent_rebases_a_parentless_snapshot(sn: OverlaySnapshotter) -> None:
+    # containerd 2.2's storage rules (bolt.go CommitActive), for parallel unpack
+    sn.prepare("base")
+    sn.commit("p", "base")
+    sn.prepare("other")
+    sn.commit("q", "other")
+    sn.prepare("layer")  # prepared without a parent
+    sn.prepare("child", "p")
+    sn.prepare("not-committed")
+    before = store_state(sn)
+    for kind, parent in (
+        (InvalidArgumentError, "q"),  # child's parent is p: "cannot change parent"
+        (NotFoundError, "missing"),
+        (FailedPreconditionError, "not-committed"),
+    ):
+        key = "child" if kind is InvalidArgumentError else "layer"
+        with pytest.raises(kind, match="cannot change parent" if key == "child" else None):
+            sn.commit("c", key, parent=parent)
+        assert store_state(sn) == before
+    sn.commit("c", "layer", parent="p")
+    sn.commit("c2", "child", parent="p")  # the parent it has already: accepted
+    assert (sn.stat("c").parent, sn.stat("c2").parent) == ("p", "p")
+    with pytest.raises(FailedPreconditionError, match="cannot remove"):
+        sn.remove("p")  # the rebased snapshot is a child of p
+    (mount,) = sn.view("v", "c")
+    snaps = os.path.join(sn.root, "snapshots")
+    assert f"lowerdir={snaps}/3/fs:{snaps}/1/fs" in mount.options  # c's layer, then p's
+    for key in ("v", "c", "c2"):
+        sn.remove(key)
+    sn.remove("p")
+
+
 def test_commit_stores_usage_and_usage_kinds(sn: OverlaySnapshotter) -> None:
     sn.prepare("a")
     upper = Path(sn.root, "snapshots", "1", "fs")
@@ -249,8 +301,8 @@ def test_labels_limits(sn: OverlaySnapshotter) -> None:
     assert store_state(sn)[1] == ["1"]
 
 
-def test_upperdir_label(tmp_path: Path) -> None:
-    with OverlaySnapshotter(tmp_path / "r", sync=False, upperdir_label=True) as s:
+def test_upperdir_label(open_sn: Callable[..., OverlaySnapshotter], tmp_path: Path) -> None:
+    with contextlib.closing(open_sn(tmp_path / "r", sync=False, upperdir_label=True)) as s:
         s.prepare("a", labels={"x": "y"})
         upper = os.path.join(s.root, "snapshots", "1", "fs")
         assert s.stat("a").labels == {"x": "y", UPPERDIR_LABEL: upper}
@@ -294,34 +346,34 @@ def test_walk_filters(sn: OverlaySnapshotter) -> None:
 # -- mount layouts -------------------------------------------------------------
 
 
-def test_mount_layouts(tmp_path: Path) -> None:
-    with OverlaySnapshotter(tmp_path / "r", sync=False, mount_options=("index=on",)) as s:
-        snaps = os.path.join(s.root, "snapshots")
-        assert s.prepare("a") == [Mount("bind", f"{snaps}/1/fs", ("rw", "rbind"))]
-        assert s.view("va") == [Mount("bind", f"{snaps}/2/fs", ("ro", "rbind"))]
-        s.commit("c1", "a")
-        assert s.view("v1", "c1") == [Mount("bind", f"{snaps}/1/fs", ("ro", "rbind"))]
-        assert s.prepare("b", "c1") == [
-            Mount(
-                "overlay",
-                "overlay",
-                (
-                    f"workdir={snaps}/4/work",
-                    f"upperdir={snaps}/4/fs",
-                    f"lowerdir={snaps}/1/fs",
-                    "index=on",
-                ),
-            )
-        ]
-        s.commit("c2", "b")
-        assert s.view("v2", "c2") == [
-            Mount("overlay", "overlay", (f"lowerdir={snaps}/4/fs:{snaps}/1/fs", "index=on"))
-        ]
-        assert s.mounts("v2") == s.mounts("v2")
-        with pytest.raises(FailedPreconditionError):
-            s.mounts("c2")
-        with pytest.raises(NotFoundError):
-            s.mounts("nope")
+def test_mount_layouts(open_sn: Callable[..., OverlaySnapshotter], tmp_path: Path) -> None:
+    s = open_sn(tmp_path / "r", sync=False, mount_options=("index=on",))
+    snaps = os.path.join(s.root, "snapshots")
+    assert s.prepare("a") == [Mount("bind", f"{snaps}/1/fs", ("rw", "rbind"))]
+    assert s.view("va") == [Mount("bind", f"{snaps}/2/fs", ("ro", "rbind"))]
+    s.commit("c1", "a")
+    assert s.view("v1", "c1") == [Mount("bind", f"{snaps}/1/fs", ("ro", "rbind"))]
+    assert s.prepare("b", "c1") == [
+        Mount(
+            "overlay",
+            "overlay",
+            (
+                f"workdir={snaps}/4/work",
+                f"upperdir={snaps}/4/fs",
+                f"lowerdir={snaps}/1/fs",
+                "index=on",
+            ),
+        )
+    ]
+    s.commit("c2", "b")
+    assert s.view("v2", "c2") == [
+        Mount("overlay", "overlay", (f"lowerdir={snaps}/4/fs:{snaps}/1/fs", "index=on"))
+    ]
+    assert s.mounts("v2") == s.mounts("v2")
+    with pytest.raises(FailedPreconditionError):
+        s.mounts("c2")
+    with pytest.raises(NotFoundError):
+        s.mounts("nope")
 
 
 def test_index_off_added_when_kernel_has_it(sn: OverlaySnapshotter) -> None:

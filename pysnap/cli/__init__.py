@@ -3,8 +3,10 @@
 Data goes to stdout (a table, or one JSON document with ``--json``); errors go
 to stderr (as JSON under ``--json``). Exit codes (borg's scheme): 0 ok,
 1 unexpected, 2 usage, 3-12 the error kinds of :mod:`pysnap.errors`
-(3 not found, 4 already exists, 5 failed precondition, 6 invalid argument, ...),
-7 an ``OSError``, 130 interrupted (Ctrl-C), 141 stdout closed early (SIGPIPE).
+(its table, read through ``errors.kind_of``: 3 not found, 4 already exists,
+5 failed precondition, 6 invalid argument, 7 an ``OSError``, 8 closed, 9 corrupt
+store, 10 map full, 12 unimplemented), 130 interrupted (Ctrl-C), 141 stdout
+closed early (SIGPIPE).
 
 Each group of subcommands is a module with a ``register(add)`` function;
 :data:`COMMAND_MODULES` lists them, so a new group is one module and one line.
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import os
 import sys
 import traceback
@@ -22,20 +23,18 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from .. import __version__
-from ..errors import SnapshotError
-from . import demo, du, images, layers, mounting, snapshots
+from ..errors import SnapshotError, kind_of
+from . import demo, du, images, layers, mounting, remote, serve, snapshots
 from ._common import AddCommand, Handler
 from ._output import (
     EXIT_INTERRUPTED,
     EXIT_OK,
-    EXIT_OSERROR,
     EXIT_PIPE,
     EXIT_UNEXPECTED,
     EXIT_USAGE,
     clear_progress,
     fail,
     human_size,
-    oserror_code,
     rfc3339,
 )
 
@@ -47,10 +46,28 @@ class CommandModule(Protocol):
 
 
 # The groups of subcommands, in the order `pysnap --help` lists them.
-COMMAND_MODULES: tuple[CommandModule, ...] = (snapshots, mounting, layers, images, du, demo)
+COMMAND_MODULES: tuple[CommandModule, ...] = (
+    snapshots,
+    mounting,
+    layers,
+    images,
+    du,
+    demo,
+    serve,
+)
 
 # Subcommands whose EPERM means "not root" rather than a file's permissions.
 _MOUNTING_COMMANDS = ("mount", "unmount", "umount", "demo")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of bytes")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,15 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pysnap",
         description="Manage overlay snapshots: containerd's snapshotter model, from the shell.",
         epilog="Exit codes: 0 ok, 1 unexpected, 2 usage, 3 not found, 4 already exists, "
-        "5 failed precondition, 6 invalid argument, 7 OS error, 130 interrupted.",
+        "5 failed precondition, 6 invalid argument, 7 OS error, 8 closed, 9 corrupt store, "
+        "10 map full, 12 unimplemented, 130 interrupted.",
     )
     parser.add_argument(
         "--root",
         default=root_default,
         help=f"snapshotter root (default: $PYSNAP_ROOT or {DEFAULT_ROOT}; now {root_default})",
     )
+    parser.add_argument(
+        "--map-size",
+        type=_positive_int,
+        metavar="BYTES",
+        help="the metadata store's map size (default 32 GiB; raise it after a map-full error)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--version", action="version", version=f"pysnap {__version__}")
+    remote.add_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     # --json is accepted after the subcommand too; SUPPRESS keeps the global value.
@@ -99,18 +124,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command
     try:
         return args.func(args) or EXIT_OK
-    except SnapshotError as e:
-        return fail(args, e.code, f"{command}: {e}", e.exit_code)
     except BrokenPipeError:
         # The reader went away (`pysnap ls | head`): stop quietly, as cat does.
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_PIPE
-    except OSError as e:
+    except (SnapshotError, OSError) as e:  # the one table of error kinds
+        kind = kind_of(e)
         msg = f"{command}: {e}"
-        if e.errno == errno.EPERM and command in _MOUNTING_COMMANDS:
+        if kind.code == "EPERM" and command in _MOUNTING_COMMANDS:
             msg += " (mounting needs root: CAP_SYS_ADMIN)"
-        return fail(args, oserror_code(e), msg, EXIT_OSERROR)
+        return fail(args, kind.code, msg, kind.exit_code)
     except KeyboardInterrupt:
         clear_progress()
         with contextlib.suppress(OSError, ValueError):

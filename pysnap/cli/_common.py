@@ -7,6 +7,8 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from . import remote
+
 if TYPE_CHECKING:
     from ..overlay import OverlaySnapshotter
 
@@ -47,5 +49,10 @@ def label_option(p: argparse.ArgumentParser) -> None:
 def snapshotter(args: argparse.Namespace) -> Iterator[OverlaySnapshotter]:
     from ..overlay import OverlaySnapshotter  # imported late: `du` needs only snapcore
 
-    with OverlaySnapshotter(args.root) as sn:
+    if getattr(args, "address", None):  # the remote mode (remote.py): the same API
+        with remote.open_remote(args) as remote_sn:
+            yield remote_sn  # type: ignore[misc]
+        return
+    map_size = getattr(args, "map_size", None)
+    with OverlaySnapshotter(args.root, **({"map_size": map_size} if map_size else {})) as sn:
         yield sn

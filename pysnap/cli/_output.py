@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import shlex
 import sys
@@ -18,7 +17,7 @@ from typing import IO, Any
 
 from ..types import Info, Mount, Usage
 
-EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_OSERROR = 0, 1, 2, 7
+EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED, EXIT_PIPE = 130, 141
 
 # Progress redraws at most this often (seconds): enough to look alive, few
@@ -150,10 +149,6 @@ def clear_progress() -> None:
         with contextlib.suppress(OSError, ValueError):
             _progress.clear()
         _progress = None
-
-
-def oserror_code(e: OSError) -> str:
-    return errno.errorcode.get(e.errno or 0, "oserror")
 
 
 def fail(args: argparse.Namespace | None, code: str, message: str, exit_code: int) -> int:

@@ -7,17 +7,15 @@ import argparse
 import sys
 from typing import Any
 
-from ..errors import SnapshotError
+from ..errors import SnapshotError, kind_of
 from ..types import Info, Kind, Usage
 from ._common import AddCommand, label_arg, label_option, labels, snapshotter
 from ._output import (
     EXIT_OK,
-    EXIT_OSERROR,
     clear_progress,
     fail,
     mount_command,
     mount_json,
-    oserror_code,
     print_json,
     progress_for,
     snapshot_json,
@@ -107,12 +105,10 @@ def cmd_rm(args: argparse.Namespace) -> int:
             try:
                 sn.remove(key)
                 removed.append(key)
-            except SnapshotError as e:
-                failed = fail(args, e.code, f"{args.command}: {e}", e.exit_code)
+            except (SnapshotError, OSError) as e:
+                kind = kind_of(e)
+                failed = fail(args, kind.code, f"{args.command}: {e}", kind.exit_code)
                 code = code or failed  # every failure reported; the first one's code
-            except OSError as e:
-                failed = fail(args, oserror_code(e), f"{args.command}: {e}", EXIT_OSERROR)
-                code = code or failed
     return code
 
 

@@ -1,0 +1,216 @@
+"""The life of a server: its socket, readiness, the health service, a graceful stop.
+
+``SnapshotServer`` serves the Snapshots service (``service``) and gRPC's
+health service on a unix socket:
+
+- The socket's directory is made 0700 when it does not exist (an existing one
+  is left as it is: it may be /tmp); the socket itself is 0600.
+- The socket is bound under a temporary name, made 0600, and renamed into
+  place once the server answers: the address exists only while a server
+  serves it. A stale socket left by a killed server is replaced; a live one
+  (something answers a connect) is refused, and so is a path that is not a socket.
+- ``stop()`` removes the address first (no new connections), reports
+  NOT_SERVING, lets calls in flight finish within ``grace`` seconds, then
+  cancels the rest. ``serve()`` does that on SIGTERM or SIGINT and exits 0.
+- Readiness: the socket, the health service's SERVING, and systemd's
+  ``READY=1`` where ``NOTIFY_SOCKET`` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+import threading
+from collections.abc import Sequence
+from concurrent import futures
+from types import FrameType, TracebackType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ..errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError
+from ..overlay import OverlaySnapshotter
+from . import convert
+from .service import Snapshotter, generic_handler
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORKERS = 16
+DEFAULT_GRACE = 10.0
+_SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
+
+GRPC_OPTIONS = (
+    ("grpc.max_receive_message_length", convert.MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", convert.MAX_MESSAGE_BYTES),
+)
+
+
+class SnapshotServer:
+    """The Snapshots and health services of ``sn`` on the unix socket ``address``.
+
+    ``start()`` returns once the server answers on ``address``; ``stop()``
+    ends it. A context manager does both. The snapshotter is not closed here.
+    """
+
+    def __init__(
+        self, sn: Snapshotter, address: str | os.PathLike[str], *, workers: int = DEFAULT_WORKERS
+    ) -> None:
+        self.address = os.path.abspath(os.fspath(address))
+        if len(os.fsencode(self.address)) > _SUN_PATH_MAX:
+            raise InvalidArgumentError(
+                f"address {self.address!r} is longer than a unix socket path may be "
+                f"({_SUN_PATH_MAX} bytes)"
+            )
+        if workers < 1:
+            raise InvalidArgumentError(f"workers must be at least 1, not {workers}")
+        self._sn = sn
+        self._workers = workers
+        self._server: grpc.Server | None = None
+        self._health = health.HealthServicer()
+        self._inode: tuple[int, int] | None = None
+
+    def start(self) -> None:
+        """Bind, start and publish the socket. Raises AlreadyExistsError (live server there)."""
+        directory = os.path.dirname(self.address)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        _refuse_live(self.address)
+        tmp = os.path.join(directory, f".pysnap-{os.getpid()}-{id(self):x}.sock")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        server = grpc.server(
+            futures.ThreadPoolExecutor(self._workers, thread_name_prefix="pysnap-rpc"),
+            options=GRPC_OPTIONS,
+        )
+        server.add_generic_rpc_handlers((generic_handler(self._sn),))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        if server.add_insecure_port(f"unix:{tmp}") == 0:
+            raise OSError(errno.EADDRNOTAVAIL, "cannot bind the socket", tmp)
+        server.start()
+        try:
+            os.chmod(tmp, 0o600)
+            os.rename(tmp, self.address)  # replaces a stale socket in one step
+            st = os.stat(self.address)
+        except BaseException:
+            server.stop(None)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        self._inode = (st.st_dev, st.st_ino)
+        self._server = server
+        for name in ("", convert.SERVICE_NAME):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %s on %s", convert.SERVICE_NAME, self.address)
+
+    def stop(self, grace: float | None = DEFAULT_GRACE) -> None:
+        """Stop accepting, let calls in flight finish within ``grace`` seconds, cancel the rest."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._unlink_own_socket()
+        self._health.enter_graceful_shutdown()
+        server.stop(grace).wait()
+        log.info("stopped serving on %s", self.address)
+
+    def _unlink_own_socket(self) -> None:
+        # Only ours: another server may have taken the address since.
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(self.address)
+            if (st.st_dev, st.st_ino) == self._inode:
+                os.unlink(self.address)
+
+    def __enter__(self) -> SnapshotServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _refuse_live(path: str) -> None:
+    """Raise unless ``path`` is free or a stale socket (nothing accepts on it)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FailedPreconditionError(f"address {path!r} exists and is not a socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+        try:
+            s.connect(path)
+        except ConnectionRefusedError:
+            log.info("replacing the stale socket %s", path)
+            return
+    raise AlreadyExistsError(f"address {path!r} is served by a live server")
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd ``state`` (``READY=1``...) where ``NOTIFY_SOCKET`` is set; else nothing."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):  # an abstract socket
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(addr)
+            s.sendall(state.encode())
+    except OSError as e:  # systemd gone is no reason to stop serving
+        log.warning("sd_notify %s to %s failed: %s", state, addr, e)
+
+
+def serve(
+    root: str | os.PathLike[str],
+    address: str | os.PathLike[str],
+    *,
+    sync: bool = True,
+    async_remove: bool = False,
+    mount_options: Sequence[str] = (),
+    upperdir_label: bool = False,
+    workers: int = DEFAULT_WORKERS,
+    grace: float = DEFAULT_GRACE,
+    map_size: int | None = None,
+) -> int:
+    """Serve an OverlaySnapshotter on ``root`` at ``address`` until SIGTERM or SIGINT; 0.
+
+    Must run in the main thread (it installs the signal handlers, and
+    restores the previous ones before it returns).
+    """
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stopping.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with OverlaySnapshotter(
+            root,
+            sync=sync,
+            async_remove=async_remove,
+            mount_options=mount_options,
+            upperdir_label=upperdir_label,
+            **({} if map_size is None else {"map_size": map_size}),
+        ) as sn:
+            server = SnapshotServer(sn, address, workers=workers)
+            server.start()
+            try:
+                sd_notify("READY=1")
+                stopping.wait()
+                sd_notify("STOPPING=1")
+            finally:
+                server.stop(grace)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0

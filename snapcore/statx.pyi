@@ -1,0 +1,3 @@
+"""Type stub of snapcore.statx (the compiled module)."""
+
+def is_mount_root(dir_fd: int, name: str | bytes = b"") -> bool: ...
