@@ -15,13 +15,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from image_util import OCI_INDEX, OCI_LAYER_GZIP, Layout, docker_archive, layer_tar, sha, tar_of
 
 from pysnap import blobstore, owner
 from pysnap.errors import InvalidArgumentError, NotFoundError, UnimplementedError
 from pysnap.images import Platform, chain_ids
 from pysnap.images.layout import ImageSource, normalize_ref
-
-from .image_util import OCI_INDEX, OCI_LAYER_GZIP, Layout, docker_archive, layer_tar, sha, tar_of
 
 A = layer_tar({"a.txt": b"a\n"})
 B = layer_tar({"dir/b.txt": b"b\n"})

@@ -7,21 +7,19 @@ back by umoci (``umoci ls``, ``umoci stat``, ``umoci unpack``) and by pysnap.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+from image_util import Layout, docker_archive, layer_tar, sha, tar_of, tree, umoci, umoci_busybox
 
 import pysnap
 from pysnap import blobstore
@@ -32,7 +30,6 @@ from pysnap.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from pysnap.fsutil import remove_tree
 from pysnap.images import Image, chain_ids, export, unpack
 from pysnap.images.unpack import (
     DIFF_ID_LABEL,
@@ -41,7 +38,8 @@ from pysnap.images.unpack import (
     REF_LABEL,
 )
 
-from .image_util import Layout, docker_archive, layer_tar, sha, tar_of, tree, umoci, umoci_busybox
+if TYPE_CHECKING:
+    from containerd_env import ContainerdEnv
 
 pytestmark = [
     pytest.mark.root,
@@ -452,137 +450,30 @@ def test_cli_unpack_and_export(
 
 
 # -- containerd ---------------------------------------------------------------------
-# A minimal private containerd 1.6 with its own overlayfs snapshotter, everything
-# in one /tmp directory (the shim's /run/containerd/s excepted: containerd 1.6
-# insists on it). The server branch's tests/containerd_env.py runs containerd
-# with pysnap as proxy snapshotter; this test needs containerd's own overlayfs.
-
-_CTD_TOOLS = ("containerd", "ctr", "runc", "containerd-shim-runc-v2")
-_SHIM_DIR = "/run/containerd/s"
 
 
-def _shims_of(address: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if argv[0].endswith(b"containerd-shim-runc-v2") and os.fsencode(address) in argv:
-                pids.append(int(entry))
-    return pids
-
-
-def _unmount_under(base: Path) -> None:
-    from pysnap import mountinfo
-    from snapcore import mount as _sys
-
-    for m in sorted(mountinfo.mounts_under(str(base)), key=lambda m: -len(m.mount_point)):
-        with contextlib.suppress(OSError):
-            _sys.umount(m.mount_point, _sys.MNT_DETACH)
-
-
-def _remove_empty(dirs: Iterator[str]) -> None:
-    for d in dirs:
-        with contextlib.suppress(OSError):  # not empty: another containerd uses it now
-            os.rmdir(d)
-
-
-@contextlib.contextmanager
-def _containerd() -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
-    """Start a private containerd; yield ``ctr(*args)`` for it; stop and remove it all after."""
-    base = Path(tempfile.mkdtemp(prefix="pysnap-ctd-", dir="/tmp"))
-    made = [d for d in ("/run/containerd", _SHIM_DIR) if not os.path.exists(d)]
-    address = str(base / "c.sock")
-    (base / "config.toml").write_text(
-        f'version = 2\nroot = "{base}/root"\nstate = "{base}/state"\n'
-        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-        f'[grpc]\n  address = "{address}"\n[ttrpc]\n  address = "{address}.ttrpc"\n'
-        f'[debug]\n  address = "{base}/debug.sock"\n'
-        f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{base}/opt"\n'
-    )
-    with contextlib.ExitStack() as stack:
-        stack.callback(remove_tree, base)
-        stack.callback(_remove_empty, reversed(made))
-        stack.callback(_unmount_under, base)
-        log = stack.enter_context(open(base / "containerd.log", "wb"))
-        daemon = subprocess.Popen(
-            ["containerd", "--config", str(base / "config.toml")],
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-        )
-
-        def stop() -> None:
-            for pid in _shims_of(address):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            daemon.terminate()
-            try:
-                daemon.wait(10)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
-
-        stack.callback(stop)
-        for _ in range(600):
-            if os.path.exists(address) or daemon.poll() is not None:
-                break
-            time.sleep(0.05)
-        assert os.path.exists(address), (base / "containerd.log").read_text()
-        (base / "runc").mkdir()
-        (base / "fifo").mkdir()
-
-        def ctr(*args: str) -> subprocess.CompletedProcess[str]:
-            if args[0] == "run":
-                args = (
-                    "run",
-                    "--runc-root",
-                    str(base / "runc"),
-                    "--fifo-dir",
-                    str(base / "fifo"),
-                    *args[1:],
-                )
-            r = subprocess.run(
-                ["ctr", "--address", address, *args], capture_output=True, text=True, timeout=120
-            )
-            assert r.returncode == 0, f"ctr {args}: {r.stderr}"
-            return r
-
-        yield ctr
-
-
-@pytest.mark.skipif(
-    any(shutil.which(t) is None for t in _CTD_TOOLS),
-    reason="needs containerd and runc (apt-get install containerd runc)",
-)
 def test_export_runs_in_containerd(
-    sn: pysnap.OverlaySnapshotter, app: Image, tmp_path: Path
+    sn: pysnap.OverlaySnapshotter, app: Image, tmp_path: Path, containerd: ContainerdEnv
 ) -> None:
-    """A chain made on pysnap, exported, imported by ctr into its overlayfs snapshotter, runs."""
+    """A chain made on pysnap, exported, imported by ctr into containerd's own overlayfs
+    snapshotter (the private containerd of tests/containerd_env.py), runs."""
     dest = tmp_path / "app.tar"
-    export(
-        sn, "app", dest, ref="example.com/pysnap/app:1", config={"Cmd": ["/bin/cat", "/hello.txt"]}
-    )
-    with _containerd() as ctr:
-        ctr("images", "import", str(dest))
-        assert "example.com/pysnap/app:1" in ctr("images", "ls", "-q").stdout.split()
-        # containerd named the unpacked layers by the chain IDs pysnap computed
-        names = ctr("snapshots", "--snapshotter", "overlayfs", "ls").stdout
-        assert all(c in names for c in app.chain_ids)
-        out = ctr(
-            "run",
-            "--rm",
-            "--snapshotter",
-            "overlayfs",
-            "example.com/pysnap/app:1",
-            "pysnap-img-test",
-        )
-        assert out.stdout == "made on pysnap\n"
-        # and what `ctr images export` writes unpacks here, into the same chain IDs
-        ctr("images", "export", str(tmp_path / "ctr.tar"), "example.com/pysnap/app:1")
-    again = unpack(sn, tmp_path / "ctr.tar", ref="example.com/pysnap/app:1")
+    ref = "example.com/pysnap/app:1"
+    export(sn, "app", dest, ref=ref, config={"Cmd": ["/bin/cat", "/hello.txt"]})
+    ctr = containerd.ctr
+    ctr("images", "import", "--snapshotter", "overlayfs", str(dest))
+    assert ref in ctr("images", "ls", "-q").stdout.split()
+    # containerd named the unpacked layers by the chain IDs pysnap computed
+    names = ctr("snapshots", "--snapshotter", "overlayfs", "ls").stdout
+    assert all(c in names for c in app.chain_ids)
+    out = ctr(
+        "run", "--rm", "--snapshotter", "overlayfs",
+        "--runc-root", str(containerd.base / "runc"), "--fifo-dir", str(containerd.base / "fifo"),
+        ref, "pysnap-img-test",
+    )  # fmt: skip
+    assert out.stdout == "made on pysnap\n"
+    # and what `ctr images export` writes unpacks here, into the same chain IDs
+    ctr("images", "export", str(tmp_path / "ctr.tar"), ref)
+    again = unpack(sn, tmp_path / "ctr.tar", ref=ref)
     assert again.chain_ids[:2] == app.chain_ids
     assert _view_tree(sn, again.top) == _view_tree(sn, "app")

@@ -17,13 +17,12 @@ from pathlib import Path
 import pytest
 import zstandard
 from isal import isal_zlib
+from layertar import MTIME, dir_, file, link, node, opaque, symlink, tar, whiteout
 
 import pysnap
 from pysnap.cli import main
 from pysnap.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from pysnap.overlay import UPPERDIR_LABEL
-
-from .layertar import MTIME, dir_, file, link, node, opaque, symlink, tar, whiteout
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="layers need root (chown, mknod)")
 
@@ -569,9 +568,9 @@ def test_gnu_sparse_files(sn, tmp_path: Path, flags) -> None:
 
 def test_kernel_refusal_of_the_opaque_xattr_is_explained(public_tmp: Path) -> None:
     """Without CAP_SYS_ADMIN (a user namespace, Docker in Docker) trusted.* is refused."""
-    from pysnap.archive.apply import apply_stream
+    from privileges import as_nobody
 
-    from .privileges import as_nobody
+    from pysnap.archive.apply import apply_stream
 
     target = public_tmp / "upper"
     target.mkdir()

@@ -16,12 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from layertar import dir_, file, link, symlink, tar
 
 import pysnap
 from pysnap.errors import InvalidArgumentError
 from pysnap.overlay import UPPERDIR_LABEL
-
-from .layertar import dir_, file, link, symlink, tar
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="whiteout devices need root")
 
