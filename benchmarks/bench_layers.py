@@ -11,15 +11,18 @@ Layers are built once and cached under PYSNAP_BENCH_LAYERS (default
 * busybox: /usr/bin/busybox and a symlink per applet, as a busybox image layer.
 
 Each is applied into a fresh empty directory on tmpfs (/dev/shm) and on the
-root disk (/var/tmp), by pysnap (``pysnap.archive.apply.apply_stream``, the
-whole pipeline: read, hash, decompress, apply), GNU ``tar -x`` (``-I igzip``
+root disk (/var/tmp; the compressed layers on tmpfs only), by pysnap
+(``pysnap.archive.apply.apply_stream``, the whole pipeline: read, hash,
+decompress, apply), GNU ``tar -x`` (``-I igzip``
 when igzip is installed, ``-z``, ``--zstd``), Python's tarfile (usr-share on
 tmpfs, uncompressed only: it takes about 20 s), and decompression alone
 (pysnap's reader, no apply). The diff group writes the usr-share tree and a
 24-change snapshot over it, against ``tar -c`` of the same directory.
 ``test_syscalls_per_entry`` counts syscalls with ``strace -f -c`` and
 ``test_peak_memory`` the RSS growth of a fresh process applying the gzip
-layer. A summary table goes to <cache>/layers-summary.txt.
+layer. Big layers take one round each (PYSNAP_BENCH_ROUNDS for more); every
+figure is appended to <cache>/layers-results.log as it is measured, and a
+summary table goes to <cache>/layers-summary.txt.
 
 The machine these figures come from is shared: wall times move with the
 load; ratios measured in one run are what to compare.
@@ -27,8 +30,10 @@ load; ratios measured in one run are what to compare.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -52,6 +57,35 @@ MEDIANS: dict[tuple[str, str], float] = {}
 ENTRIES: dict[str, int] = {}
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="layers need root")
+
+
+def _record(group: str, impl: str, value: float, cpu: float | None = None) -> None:
+    """Keep a figure for the summary, and log it at once (a long run may be cut short)."""
+    MEDIANS[(group, impl)] = value
+    with open(CACHE / "layers-results.log", "a") as f:
+        f.write(f"{group}\t{impl}\t{value:.4f}" + (f"\tcpu {cpu:.3f}" if cpu else "") + "\n")
+
+
+@contextlib.contextmanager
+def _cpu_time() -> Iterator[list[float]]:
+    """User+system seconds of this process (all threads) and its children meanwhile.
+
+    On a shared machine wall times follow the load; CPU time is the steadier figure.
+    """
+    out = [0.0]
+
+    def now() -> float:
+        s, c = (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
+        return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+    start = now()
+    try:
+        yield out
+    finally:
+        out[0] = now() - start
 
 
 # ---- layers, built once and cached -------------------------------------------------
@@ -187,13 +221,22 @@ APPLY: dict[str, dict[str, Callable[[Path, Path], Any]]] = {
         "tarfile": _tarfile,
     },
 }
-ROUNDS = {"usr-share": 3, "usr-share.gz": 3, "usr-share.zst": 3, "small100k": 3, "busybox": 20}
+# usr-share rounds are long (seconds each); set PYSNAP_BENCH_ROUNDS for more
+BIG_ROUNDS = int(os.environ.get("PYSNAP_BENCH_ROUNDS", "1"))
+ROUNDS = {
+    "usr-share": BIG_ROUNDS,
+    "usr-share.gz": BIG_ROUNDS,
+    "usr-share.zst": BIG_ROUNDS,
+    "small100k": BIG_ROUNDS,
+    "busybox": 20,
+}
+# compressed layers on tmpfs only, where the decompression matters most
 CASES = [
     (layer, fs, impl)
     for layer, impls in APPLY.items()
     for fs in FILESYSTEMS
     for impl in impls
-    if not (impl == "tarfile" and layer == "usr-share" and fs == "disk")
+    if not (fs == "disk" and (layer.endswith((".gz", ".zst")) or impl == "tarfile"))
 ]
 
 
@@ -209,8 +252,10 @@ def test_apply(
         target[:] = [fresh(fs)]
 
     rounds = 1 if impl == "tarfile" and layer == "usr-share" else ROUNDS[layer]
-    benchmark.pedantic(lambda: run(layers[layer], target[0]), setup=setup, rounds=rounds)
-    MEDIANS[(benchmark.group, impl)] = median(benchmark)
+    with _cpu_time() as cpu:
+        benchmark.pedantic(lambda: run(layers[layer], target[0]), setup=setup, rounds=rounds)
+    benchmark.extra_info["cpu_s_per_round"] = cpu[0] / rounds
+    _record(benchmark.group, impl, median(benchmark), cpu[0] / rounds)
 
 
 # ---- diff ----------------------------------------------------------------------------
@@ -279,15 +324,14 @@ DIFF: dict[str, Callable[[Path, Path], Any]] = {
 def test_diff(benchmark: Any, usr_share_snapshots: dict[str, Path], tree: str, impl: str) -> None:
     benchmark.group = f"diff {tree} on tmpfs"
     out = FILESYSTEMS["tmpfs"] / f"pysnap-bench-diff-{os.getpid()}.tar"
+    rounds = BIG_ROUNDS if tree == "usr-share" else 30
     try:
-        benchmark.pedantic(
-            DIFF[impl],
-            args=(usr_share_snapshots[tree], out),
-            rounds=3 if tree == "usr-share" else 30,
-        )
+        with _cpu_time() as cpu:
+            benchmark.pedantic(DIFF[impl], args=(usr_share_snapshots[tree], out), rounds=rounds)
     finally:
         out.unlink(missing_ok=True)
-    MEDIANS[(benchmark.group, impl)] = median(benchmark)
+    benchmark.extra_info["cpu_s_per_round"] = cpu[0] / rounds
+    _record(benchmark.group, impl, median(benchmark), cpu[0] / rounds)
 
 
 # ---- syscalls and memory ----------------------------------------------------------
@@ -328,8 +372,8 @@ def test_syscalls_per_entry(
         target = fresh("tmpfs")
         res[name] = _strace_calls([*cmd, str(target)]) / entries
     benchmark.extra_info.update(res)
-    MEDIANS[(benchmark.group, "pysnap")] = res["pysnap"]
-    MEDIANS[(benchmark.group, "tar -x")] = res["tar -x"]
+    _record(benchmark.group, "pysnap", res["pysnap"])
+    _record(benchmark.group, "tar -x", res["tar -x"])
     benchmark.pedantic(lambda: None, rounds=1)
 
 
@@ -352,7 +396,7 @@ def test_peak_memory(benchmark: Any, layers: dict[str, Path], fresh: Any) -> Non
     base = _vm_hwm_kb(imports)
     used = _vm_hwm_kb(_APPLY_SCRIPT, str(layers["usr-share.gz"]), str(fresh("tmpfs")))
     benchmark.extra_info["rss_growth_mb"] = (used - base) / 1024
-    MEDIANS[(benchmark.group, "pysnap gzip apply")] = (used - base) / 1024
+    _record(benchmark.group, "pysnap gzip apply", (used - base) / 1024)
     benchmark.pedantic(lambda: None, rounds=1)
 
 

@@ -224,6 +224,9 @@ def test_states(sn) -> None:
     sn.prepare("k")
     sn.apply("k", io.BytesIO(tar(file("a"))))
     sn.commit("c", "k")
+    assert sn.diff("c", io.BytesIO(), compression=None).entries == 1  # a committed layer
+    with pytest.raises(NotFoundError):
+        sn.diff("nope", io.BytesIO())
     with pytest.raises(FailedPreconditionError, match="not active"):
         sn.apply("c", io.BytesIO(tar()))
     sn.view("v", "c")
@@ -579,3 +582,21 @@ def test_kernel_refusal_of_the_opaque_xattr_is_explained(public_tmp: Path) -> No
     with pytest.raises(PermissionError) as e:
         as_nobody(lambda: apply_stream(str(target), [], io.BytesIO(blob)))
     assert "user namespace" in "".join(e.value.__notes__)
+
+
+def test_cli_diff_to_stdout_and_apply_from_stdin(
+    sn, tmp_path: Path, capsysbinary, monkeypatch
+) -> None:
+    sn.prepare("k")
+    sn.apply("k", io.BytesIO(tar(file("a", b"piped"))))
+    sn.close()
+    root = str(tmp_path / "root")
+    assert main(["--root", root, "diff", "k", "-", "--compression", "zstd"]) == 0
+    captured = capsysbinary.readouterr()
+    assert captured.out.startswith(b"\x28\xb5\x2f\xfd")  # the layer on stdout
+    assert b"DIGEST" in captured.err  # the report on stderr
+    with pysnap.OverlaySnapshotter(root, sync=False) as s2:
+        s2.prepare("k2")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(captured.out)))
+    assert main(["--root", root, "apply", "k2", "-"]) == 0
+    assert b"+zstd" in capsysbinary.readouterr().out

@@ -380,8 +380,7 @@ def _outside(tmp_path: Path, upper: Path) -> list[tuple[str, int, int]]:
         for n in dirnames + filenames:
             p = os.path.join(dirpath, n)
             st = os.lstat(p)
-            if n not in ("lock",):
-                out.append((p, st.st_mode, st.st_mtime_ns if not stat.S_ISDIR(st.st_mode) else 0))
+            out.append((p, st.st_mode, st.st_mtime_ns if not stat.S_ISDIR(st.st_mode) else 0))
     return sorted(out)
 
 

@@ -91,7 +91,7 @@ def apply_to_snapshot(
         was_empty = _is_empty(upper)
         with guard.marked(snapshot_dir):
             try:
-                result = apply_stream(upper, lowers, layer, diff_id=diff_id)
+                result = apply_stream(upper, lowers, layer, diff_id=diff_id, what=f"apply {key!r}")
                 if sync:
                     fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                     try:
@@ -109,9 +109,16 @@ def apply_to_snapshot(
 
 
 def apply_stream(
-    upper: str, lowers: list[str], layer: LayerSource, *, diff_id: str | None = None
+    upper: str,
+    lowers: list[str],
+    layer: LayerSource,
+    *,
+    diff_id: str | None = None,
+    what: str = "apply",
 ) -> Layer:
     """Apply a layer blob into the directory ``upper``; the Layer it was.
+
+    ``what`` starts error messages (the operation and the key).
 
     Raises InvalidArgumentError (a refused stream or entry, a diff ID that
     does not match), OSError (from the kernel; filename is the entry).
@@ -131,7 +138,8 @@ def apply_stream(
                     yield piece
 
             ended = False
-            with Producer(pieces()) as stream:
+            own_file = isinstance(layer, str | os.PathLike)  # reads of it always end
+            with Producer(pieces(), join_timeout=None if own_file else 1.0) as stream:
                 for piece in stream:
                     if not ended:
                         ended = applier.feed(piece)
@@ -139,7 +147,9 @@ def apply_stream(
         for entry, xattr, reason in applier.warnings:
             log.warning("layer entry %r: xattr %s not applied: %s", entry, xattr, reason)
     except fsops.TarError as e:
-        raise InvalidArgumentError(f"apply: invalid layer: {e}") from e
+        raise InvalidArgumentError(f"{what}: invalid layer: {e}") from e
+    except InvalidArgumentError as e:  # from the decompressor, in the reader thread
+        raise InvalidArgumentError(f"{what}: {e}") from None
     except OSError as e:
         if e.errno in (errno.EPERM, errno.EOPNOTSUPP) and _kernel_refused(e):
             e.add_note(_KERNEL_REFUSED_HINT)
@@ -150,7 +160,7 @@ def apply_stream(
     actual = digest if uncompressed is None else "sha256:" + uncompressed.hexdigest()
     if diff_id is not None and diff_id != actual:
         raise InvalidArgumentError(
-            f"apply: the layer's diff ID is {actual}, not the expected {diff_id}"
+            f"{what}: the layer's diff ID is {actual}, not the expected {diff_id}"
         )
     return Layer(actual, digest, raw.size, media_type, entries)
 

@@ -2,8 +2,8 @@
 
 One sorted walk of the upper in snapcore (``fsops.write_tar``), no
 comparison of two trees: a small change over a big base costs the change.
-The walk runs in the calling thread; compression, both hashes and the
-writes run in another (pipeline.Consumer).
+The walk runs in the calling thread, compression, the digest and the
+writes in another (pipeline.Consumer).
 """
 
 from __future__ import annotations
@@ -56,25 +56,33 @@ def diff_upper(
         compress = compression.compressor(compression_, level)
     except (ValueError, TypeError) as e:
         raise InvalidArgumentError(f"diff {key!r}: level {level!r}: {e}") from None
+    # Uncompressed: one hash (diff ID = digest), in the writer thread. Compressed:
+    # the diff ID is hashed in the walking thread, the compressor, the digest and
+    # the writes run in the writer thread, so the two cores share the work.
     uncompressed = hashlib.sha256()
-    written = hashlib.sha256()
+    written = hashlib.sha256() if compress is not None else uncompressed
     size = 0
     fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         with _target(out) as f:
 
-            def sink(piece: bytes) -> None:
+            def write(piece: bytes) -> None:
                 nonlocal size
-                uncompressed.update(piece)
                 data = compress(piece) if compress is not None else piece  # b"": flush
                 if data:
                     written.update(data)
                     size += len(data)
                     f.write(data)
 
-            consumer = Consumer(sink)
+            consumer = Consumer(write)
+
+            def walked(piece: bytes) -> None:
+                if compress is not None:
+                    uncompressed.update(piece)
+                consumer.put(piece)
+
             try:
-                entries = fsops.write_tar(fd, consumer.put)
+                entries = fsops.write_tar(fd, walked)
             except BaseException:
                 consumer.abort()
                 raise
@@ -87,5 +95,5 @@ def diff_upper(
     finally:
         os.close(fd)
     diff_id = "sha256:" + uncompressed.hexdigest()
-    digest = diff_id if compress is None else "sha256:" + written.hexdigest()
+    digest = "sha256:" + written.hexdigest()
     return Layer(diff_id, digest, size, media_type, entries)

@@ -1,6 +1,7 @@
 """One key's apply excludes its commit and remove; a killed apply leaves a mark.
 
-``snapshots/<id>/lock`` is held with ``flock(LOCK_NB)`` by apply (exclusive),
+The directory ``snapshots/<id>`` itself is locked with ``flock(LOCK_NB)``
+(no file to create, so remove works on a full file system) by apply (exclusive),
 commit and remove (shared: they do not exclude each other) of the snapshot:
 across threads and processes, whichever comes second is refused at once
 (FailedPreconditionError), never made to wait behind a long apply.
@@ -18,7 +19,6 @@ from collections.abc import Iterator
 
 from ..errors import FailedPreconditionError
 
-LOCK = "lock"
 MARK = "applying"
 
 
@@ -26,7 +26,7 @@ MARK = "applying"
 def exclusive(snapshot_dir: str, op: str, key: str, *, shared: bool = False) -> Iterator[None]:
     """Hold the snapshot's lock for ``op`` (apply: not shared); FailedPreconditionError if busy."""
     try:
-        fd = os.open(f"{snapshot_dir}/{LOCK}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(snapshot_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:  # the snapshot directory is gone: the record decides
         yield
         return

@@ -24,7 +24,11 @@ class Producer:
     the thread (it is called on exit from a ``with`` block, error or not).
     """
 
-    def __init__(self, iterable: Iterable[Any]) -> None:
+    def __init__(self, iterable: Iterable[Any], *, join_timeout: float | None = None) -> None:
+        # join_timeout: how long close() waits for a thread blocked in a read. A
+        # caller's pipe may never deliver again; the daemon thread is then left
+        # to finish when it does (it only reads and hashes).
+        self._join_timeout = join_timeout
         self._q: queue.Queue[Any] = queue.Queue(_DEPTH)
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -60,7 +64,7 @@ class Producer:
 
     def close(self) -> None:
         self._stop.set()
-        self._t.join()
+        self._t.join(self._join_timeout)
 
     def __enter__(self) -> Producer:
         return self
