@@ -84,38 +84,44 @@ def referenced(infos: Iterable[Info]) -> set[str]:
     return {d for i in infos if (d := i.labels.get(BLOB_DIGEST_LABEL))}
 
 
-def reap(root: str, infos: Callable[[], Iterable[Info]]) -> list[str]:
+def reap(
+    root: str, infos: Callable[[], Iterable[Info]], *, dry_run: bool = False
+) -> list[tuple[str, str]]:
     """Move aside every blob no label of ``infos()`` names, and dead owners' copies.
 
     ``infos`` (every snapshot) is read only if there is a blob store. Call this
     while holding the metadata write transaction (see the module docstring);
-    delete the returned paths after releasing it.
+    delete the returned paths after releasing it. Returns (the path as found,
+    the path to delete) pairs; ``dry_run`` moves nothing.
     """
     blobs = _blobs(root)
-    moved: list[str] = []
+    doomed: list[tuple[str, str]] = []
 
-    def move(path: str) -> None:
+    def doom(path: str) -> None:
+        if dry_run:
+            doomed.append((path, path))
+            return
         aside = os.path.join(blobs, f"rm-{secrets.token_hex(8)}")
         with contextlib.suppress(FileNotFoundError):  # gone meanwhile
             os.rename(path, aside)
-            moved.append(aside)
+            doomed.append((path, aside))
 
     try:
         names = os.listdir(blobs)
     except FileNotFoundError:
-        return moved
+        return doomed
     keep = referenced(infos())
-    for name in names:
+    for name in sorted(names):
         path = os.path.join(blobs, name)
         if name.startswith("rm-"):  # a reap that did not finish
-            moved.append(path)
+            doomed.append((path, path))
         elif name == "ingest":
-            for copy in os.listdir(path):
+            for copy in sorted(os.listdir(path)):
                 who = owner.Owner.parse(copy.rpartition("-")[0])
                 if who is None or not who.alive():
-                    move(os.path.join(path, copy))
+                    doom(os.path.join(path, copy))
         else:
-            for hex_ in os.listdir(path):
+            for hex_ in sorted(os.listdir(path)):
                 if f"{name}:{hex_}" not in keep:
-                    move(os.path.join(path, hex_))
-    return moved
+                    doom(os.path.join(path, hex_))
+    return doomed

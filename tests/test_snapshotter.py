@@ -366,10 +366,11 @@ def test_mount_layouts(open_sn: Callable[..., OverlaySnapshotter], tmp_path: Pat
         )
     ]
     s.commit("c2", "b")
-    assert s.view("v2", "c2") == [
+    view_mounts = s.view("v2", "c2")
+    assert view_mounts == [
         Mount("overlay", "overlay", (f"lowerdir={snaps}/4/fs:{snaps}/1/fs", "index=on"))
     ]
-    assert s.mounts("v2") == s.mounts("v2")
+    assert s.mounts("v2") == view_mounts  # mounts() later gives what view() gave
     with pytest.raises(FailedPreconditionError):
         s.mounts("c2")
     with pytest.raises(NotFoundError):
@@ -584,6 +585,11 @@ def test_bad_input_changes_nothing(sn: OverlaySnapshotter) -> None:
         (InvalidArgumentError, lambda: sn.prepare("x" * 512)),
         (InvalidArgumentError, lambda: sn.prepare("a\0b")),
         (InvalidArgumentError, lambda: sn.view("\udcff")),
+        (InvalidArgumentError, lambda: sn.stat("")),
+        (InvalidArgumentError, lambda: sn.stat("x" * 512)),
+        (InvalidArgumentError, lambda: sn.stat("a\0b")),
+        (InvalidArgumentError, lambda: sn.stat("\udcff")),
+        (NotFoundError, lambda: sn.stat("missing")),
         (NotFoundError, lambda: sn.prepare("x", "missing")),
         (InvalidArgumentError, lambda: sn.prepare("x", "act")),
         (InvalidArgumentError, lambda: sn.view("x", "v")),
@@ -643,6 +649,22 @@ def test_async_remove_leaves_dirs_for_cleanup(tmp_path: Path) -> None:
         s.cleanup()
         assert sorted(os.listdir(snaps)) == ["2"]
         assert [i.name for i in s.walk()] == ["b"]
+
+
+def test_cleanup_returns_what_it_removes_and_dry_run_what_it_would(tmp_path: Path) -> None:
+    with OverlaySnapshotter(tmp_path / "r", sync=False, async_remove=True) as s:
+        s.prepare("keep")
+        s.prepare("gone")
+        s.remove("gone")
+        snaps = Path(s.root, "snapshots")
+        (snaps / "new-crashed" / "fs").mkdir(parents=True)
+        (snaps / "7").mkdir()
+        orphans = [str(snaps / n) for n in ("2", "7", "new-crashed")]
+        assert s.cleanup(dry_run=True) == orphans
+        assert sorted(os.listdir(snaps)) == ["1", "2", "7", "new-crashed"]  # nothing changed
+        assert s.cleanup() == orphans
+        assert os.listdir(snaps) == ["1"]
+        assert s.cleanup() == s.cleanup(dry_run=True) == []
 
 
 def test_leftover_dir_of_crashed_create_is_replaced(tmp_path: Path) -> None:
@@ -737,3 +759,27 @@ def test_open_of_an_existing_root_writes_nothing(tmp_path: Path) -> None:
         ]
     finally:
         unmount_all(disk, detach=True)
+
+
+@pytest.mark.parametrize("limit", [8 << 20, 200])
+def test_lowerdir_of_kept_chains_matches_the_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    """lowerdir values kept per chain (emptied past a limit) are the layers' upper dirs."""
+    monkeypatch.setattr("pysnap.overlay._LOWERDIRS_MAX", limit)
+    with OverlaySnapshotter(tmp_path / "a", upperdir_label=True) as sn:
+        uppers: list[str] = []
+        parent = ""
+        for i in range(6):
+            sn.prepare(f"a{i}", parent)
+            uppers.insert(0, sn.stat(f"a{i}").labels[UPPERDIR_LABEL])
+            sn.commit(f"c{i}", f"a{i}")
+            parent = f"c{i}"
+            for key, kind in ((f"v{i}", "view"), (f"t{i}", "prepare")):
+                getattr(sn, kind)(key, parent)
+                (m,) = sn.mounts(key)
+                want = ":".join(uppers)
+                if kind == "view" and i == 0:  # one parent: a bind of it
+                    assert m.source == want
+                else:
+                    assert f"lowerdir={want}" in m.options
