@@ -327,7 +327,11 @@ def test_blobs_kept_while_referenced(tmp_path: Path) -> None:
         subprocess.run([sys.executable, "-c", code], check=True)
         assert len(os.listdir(os.path.join(root, "blobs", "ingest"))) == 2
         sn.prepare("k", labels={blobstore.BLOB_DIGEST_LABEL: sha(b"kept")})
-        sn.cleanup()
+        dropped = blobstore.blob_path(root, sha(b"dropped"))
+        would = sn.cleanup(dry_run=True)
+        assert dropped in would and len(would) == 2  # the blob and the dead writer's copy
+        assert os.path.exists(dropped)
+        assert sn.cleanup() == would
         assert os.path.exists(blobstore.blob_path(root, sha(b"kept")))
         assert not os.path.exists(blobstore.blob_path(root, sha(b"dropped")))
         assert os.listdir(os.path.join(root, "blobs", "ingest")) == [os.path.basename(live.path)]

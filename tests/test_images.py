@@ -431,6 +431,9 @@ def test_cli_unpack_and_export(
     assert (
         main(["--root", root, "image", "unpack", str(tmp_path / "nope")]) == NotFoundError.exit_code
     )
+    nowhere = ["--root", str(tmp_path / "none"), "image", "export", "x", str(tmp_path / "o")]
+    assert main(nowhere) == NotFoundError.exit_code
+    assert not (tmp_path / "none").exists()  # export never makes a root
     config.write_text("{")
     assert (
         main(

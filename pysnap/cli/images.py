@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, UnimplementedError
 from ._common import AddCommand, snapshotter
 from ._output import print_json, table
 
@@ -59,10 +59,18 @@ def _missing(args: argparse.Namespace) -> None:
     raise InvalidArgumentError("image: a subcommand is required (unpack or export)")
 
 
+def _local_only(args: argparse.Namespace) -> None:
+    # unpack and export keep blobs under the root and apply or diff in its
+    # directories: a snapshotter reached over gRPC (--address) offers neither.
+    if getattr(args, "address", None):
+        raise UnimplementedError(f"image {args.image_command}: needs a local --root, not --address")
+
+
 def cmd_unpack(args: argparse.Namespace) -> None:
     from ..images import unpack
 
-    with snapshotter(args) as sn:
+    _local_only(args)
+    with snapshotter(args, create=True) as sn:  # an unpack makes snapshots, like prepare
         image = unpack(sn, args.source, ref=args.ref, platform=args.platform)
     layers = [
         {
@@ -105,6 +113,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         except ValueError as e:
             raise InvalidArgumentError(f"--config {args.config}: not JSON: {e}") from None
     compression = None if args.compression == "none" else args.compression
+    _local_only(args)
     with snapshotter(args) as sn:
         desc = export(
             sn, args.name, args.dest, ref=args.ref, config=config, compression=compression
