@@ -35,7 +35,7 @@ from types import TracebackType
 
 from snapcore import du
 
-from . import kernel, overlayopts, storage
+from . import blobstore, kernel, overlayopts, storage
 from .archive import Layer, guard
 from .archive.apply import LayerSource, apply_to_snapshot
 from .archive.diff import LayerTarget, diff_upper
@@ -121,7 +121,7 @@ class OverlaySnapshotter:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(self._snapshots, 0o700)
         self._async_remove = async_remove
-        self._sync = sync  # apply(sync=None) follows it: syncfs after a layer
+        self._sync = sync  # apply()'s default: syncfs once at the end of a durable apply
         self._lowerdirs: dict[int, str] = {}  # top parent id -> lowerdir value
         self._lowerdir_chars = 0
         self._upperdir_label = upperdir_label
@@ -259,10 +259,10 @@ class OverlaySnapshotter:
         with guard.exclusive(self._dir(sid), "commit", key, shared=True):
             if info.kind == Kind.ACTIVE:
                 guard.refuse_interrupted(self._dir(sid), "commit", key)
-            self._commit(name, key, labels, parent, sid, info)
+            self._commit(name, key, labels, sid, info, parent or "")
 
     def _commit(
-        self, name: str, key: str, labels: Labels, parent: str | None, sid: int, info: Info
+        self, name: str, key: str, labels: Labels, sid: int, info: Info, parent: str
     ) -> None:
         usage = Usage()
         if info.kind == Kind.ACTIVE:
@@ -273,7 +273,7 @@ class OverlaySnapshotter:
             except FileNotFoundError:
                 usage = self._restore_for_commit(key, sid)
         with self._ms.transaction(write=True) as tx:
-            storage.commit_active(tx, key, name, usage, labels, sid, parent or "")
+            storage.commit_active(tx, key, name, usage, labels, sid, parent)
 
     def update(self, info: Info, *fieldpaths: str) -> Info:
         """Change the labels of ``info.name`` and return its new Info.
@@ -367,10 +367,12 @@ class OverlaySnapshotter:
         """Remove directories no live snapshot owns (crashed creates, unfinished removes).
 
         Only names pysnap makes are reaped (an id, ``new-*``, ``rm-*``); anything
-        else under ``snapshots/`` is logged and left. Returns the paths as
-        found, sorted: those removed, or with ``dry_run`` those that would be
-        (and nothing changes). A removal that fails is logged and left out of
-        the list; the next cleanup retries it.
+        else under ``snapshots/`` is logged and left. Also removes layer blobs
+        (pysnap.blobstore) that no snapshot's labels name any more, and blob
+        copies whose writer is gone. Returns the paths as found, sorted: those
+        removed, or with ``dry_run`` those that would be (and nothing changes).
+        A removal that fails is logged and left out of the list; the next
+        cleanup retries it.
         """
         with self._ms.transaction(write=True) as tx:
             live = {str(i) for i in storage.id_map(tx)}
@@ -393,10 +395,12 @@ class OverlaySnapshotter:
                     except FileNotFoundError:  # a remove() finished it meanwhile
                         continue
                 orphans.append((path, doomed))
+            # layer blobs no label names any more (pysnap.blobstore)
+            orphans += blobstore.reap(self.root, lambda: storage.walk_info(tx), dry_run=dry_run)
         if dry_run:
-            return [path for path, _ in orphans]
+            return sorted(path for path, _ in orphans)
         removed = self._remove_dirs([doomed for _, doomed in orphans])
-        return [path for path, doomed in orphans if doomed in removed]
+        return sorted(path for path, doomed in orphans if doomed in removed)
 
     # -- internals ----------------------------------------------------------
 
