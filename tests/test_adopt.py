@@ -1,0 +1,168 @@
+"""The remote-snapshot protocol: containerd adopts layers a root already holds.
+
+containerd (metadata/snapshot.go, 1.6 and 2.x) prepares each layer with the
+label ``containerd.io/snapshot.ref=<chainID>``; a backend that answers
+ALREADY_EXISTS is then walked with
+``labels."containerd.io/snapshot.ref"==<chainID>,parent=="<backend parent>"``
+and its first committed match becomes the layer. ``adopt_layers=True``
+answers so exactly when such a committed snapshot exists. Run in process and
+over gRPC, as test_snapshotter.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import lmdb
+import pytest
+from served import served_snapshotter
+
+from pysnap import Info, Kind, OverlaySnapshotter
+from pysnap.errors import AlreadyExistsError, InvalidArgumentError
+
+REF = "containerd.io/snapshot.ref"
+C0 = "sha256:" + "0" * 63 + "a"
+C1 = "sha256:" + "1" * 63 + "b"
+IMPLS: dict[str, Callable[..., contextlib.AbstractContextManager[OverlaySnapshotter]]] = {
+    "local": OverlaySnapshotter,
+    "remote": served_snapshotter,  # type: ignore[dict-item]  # the same API
+}
+
+
+def containerd_filter(chain: str, backend_parent: str) -> str:
+    """The filter containerd's metadata snapshotter walks with (Go's %s and %q)."""
+    return f'labels."{REF}"=={chain},parent=="{backend_parent}"'
+
+
+@pytest.fixture(params=IMPLS)
+def open_sn(request: pytest.FixtureRequest) -> Iterator[Callable[..., OverlaySnapshotter]]:
+    with contextlib.ExitStack() as stack:
+        yield lambda root, **options: stack.enter_context(IMPLS[request.param](root, **options))
+
+
+@pytest.fixture
+def sn(open_sn: Callable[..., OverlaySnapshotter], tmp_path: Path) -> OverlaySnapshotter:
+    return open_sn(tmp_path / "root", sync=False, adopt_layers=True)
+
+
+def commit_layer(sn: OverlaySnapshotter, name: str, parent: str, chain: str) -> None:
+    """A layer as pysnap's unpacker (name = chain) or containerd (name = ns/id/chain) commits it."""
+    key = f"extract-{name}"
+    sn.prepare(key, parent)  # no label: an apply, as without adoption
+    sn.commit(name, key, labels={REF: chain})
+
+
+def names(sn: OverlaySnapshotter) -> list[str]:
+    return sorted(i.name for i in sn.walk())
+
+
+def test_containerd_filters_find_layer_0_and_layer_1(sn: OverlaySnapshotter) -> None:
+    commit_layer(sn, C0, "", C0)
+    commit_layer(sn, C1, C0, C1)
+    found0 = sn.walk(containerd_filter(C0, ""))
+    found1 = sn.walk(containerd_filter(C1, C0))
+    assert [(i.name, i.kind, i.parent) for i in found0] == [(C0, Kind.COMMITTED, "")]
+    assert [(i.name, i.kind, i.parent) for i in found1] == [(C1, Kind.COMMITTED, C0)]
+    assert sn.walk(containerd_filter(C1, "")) == []  # layer 1 is not a base layer
+    assert sn.walk(containerd_filter(C0, C0)) == []
+
+
+def test_prepare_and_view_of_held_layers_are_already_exists(sn: OverlaySnapshotter) -> None:
+    commit_layer(sn, C0, "", C0)
+    commit_layer(sn, C1, C0, C1)
+    before = names(sn)
+    for create in (sn.prepare, sn.view):
+        with pytest.raises(AlreadyExistsError, match="adopt"):
+            create(f"default/3/extract-1 {C0}", "", labels={REF: C0})
+        with pytest.raises(AlreadyExistsError, match="adopt"):
+            create(f"default/4/extract-2 {C1}", C0, labels={REF: C1, "x": "y"})
+    assert names(sn) == before  # nothing made, nothing left
+
+
+def test_never_otherwise(open_sn: Callable[..., OverlaySnapshotter], tmp_path: Path) -> None:
+    sn = open_sn(tmp_path / "root", sync=False, adopt_layers=True)
+    commit_layer(sn, C0, "", C0)
+    sn.prepare("active-with-ref", "", labels={REF: C1})  # an ACTIVE one never matches
+    made = [
+        ("other parent", "k2", C0, {REF: C0}),  # C0 on C0: not what is held
+        ("layer 1 as a base", "k1", "", {REF: C1}),
+        ("other chain", "k3", "", {REF: C1}),
+        ("no label", "k4", "", {"x": "y"}),
+        ("no labels", "k5", "", None),
+        ("empty ref is no ref", "k6", "", {REF: ""}),
+    ]
+    for _, key, parent, labels in made:
+        sn.prepare(key, parent, labels=labels)
+    sn.view("view-other-parent", C0, labels={REF: C0})
+    assert {i.name for i in sn.walk("kind==active")} >= {k for _, k, _, _ in made}
+    # off (the default): a held layer is applied again, as by containerd's own overlay
+    off = open_sn(tmp_path / "off", sync=False)
+    commit_layer(off, C0, "", C0)
+    off.prepare(f"extract-9 {C0}", "", labels={REF: C0})
+
+
+def test_the_label_decides_not_the_name(sn: OverlaySnapshotter) -> None:
+    # containerd names the backend snapshots it commits <namespace>/<id>/<name>,
+    # with the ref label inherited: another namespace adopts them so.
+    commit_layer(sn, f"default/2/{C0}", "", C0)
+    commit_layer(sn, f"default/4/{C1}", f"default/2/{C0}", C1)
+    sn.prepare(C0, "")  # a snapshot named like the chain, without the label: not a match
+    sn.commit("plain-" + C0, C0)
+    with pytest.raises(AlreadyExistsError):
+        sn.prepare(f"other/1/extract-1 {C0}", "", labels={REF: C0})
+    with pytest.raises(AlreadyExistsError):
+        sn.prepare(f"other/2/extract-2 {C1}", f"default/2/{C0}", labels={REF: C1})
+    sn.prepare(f"other/3/extract-3 {C1}", "plain-" + C0, labels={REF: C1})
+
+
+def test_remove_update_and_rebase_keep_the_index(sn: OverlaySnapshotter) -> None:
+    commit_layer(sn, C0, "", C0)
+    sn.remove(C0)
+    sn.prepare("k1", "", labels={REF: C0})  # removed: no match
+
+    commit_layer(sn, "base", "", C0)
+    sn.update(Info(name="base", labels={}), f"labels.{REF}")  # the label deleted
+    sn.prepare("k2", "", labels={REF: C0})
+    sn.update(Info(name="base", labels={REF: C0}), f"labels.{REF}")  # and put back
+    with pytest.raises(AlreadyExistsError):
+        sn.prepare("k3", "", labels={REF: C0})
+    sn.update(Info(name="base", labels={REF: C1}))  # all labels replaced: another chain
+    sn.prepare("k4", "", labels={REF: C0})
+    with pytest.raises(AlreadyExistsError):
+        sn.prepare("k5", "", labels={REF: C1})
+
+    # containerd 2.2's parallel unpack: prepared without a parent, rebased on commit
+    sn.prepare("rebased", "")
+    sn.commit("top", "rebased", labels={REF: "sha256:top"}, parent="base")
+    sn.prepare("k6", "", labels={REF: "sha256:top"})
+    with pytest.raises(AlreadyExistsError):
+        sn.prepare("k7", "base", labels={REF: "sha256:top"})
+
+
+def test_bad_input_is_refused_before_the_look_up(sn: OverlaySnapshotter) -> None:
+    commit_layer(sn, C0, "", C0)
+    with pytest.raises(InvalidArgumentError):
+        sn.prepare("", "", labels={REF: C0})
+    with pytest.raises(InvalidArgumentError):
+        sn.prepare("k", "", labels={REF: C0, "big": "x" * 5000})
+    with pytest.raises(AlreadyExistsError, match="already exists"):
+        sn.prepare(C0, "", labels={REF: C1})  # the key itself taken: as ever
+
+
+def test_a_store_made_before_the_index_gets_it_on_open(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with OverlaySnapshotter(root, sync=False) as old:
+        commit_layer(old, C0, "", C0)
+        commit_layer(old, C1, C0, C1)
+    # what an older pysnap left: no refs database
+    env = lmdb.open(str(root / "metadata.lmdb"), max_dbs=8)
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(b"refs", txn=txn), delete=True)
+    env.close()
+    with OverlaySnapshotter(root, sync=False, adopt_layers=True) as sn:
+        with pytest.raises(AlreadyExistsError):
+            sn.prepare("k0", "", labels={REF: C0})
+        with pytest.raises(AlreadyExistsError):
+            sn.prepare("k1", C0, labels={REF: C1})
