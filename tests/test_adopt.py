@@ -12,11 +12,25 @@ over gRPC, as test_snapshotter.py.
 from __future__ import annotations
 
 import contextlib
+import json
+import re
+import subprocess
+import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lmdb
 import pytest
+from containerd_env import (
+    SKIP_REASON,
+    SNAPSHOTTER,
+    ContainerdEnv,
+    Image,
+    build_busybox_image,
+    containerd_env,
+    wait_until,
+)
 from served import served_snapshotter
 
 from pysnap import Info, Kind, OverlaySnapshotter
@@ -166,3 +180,121 @@ def test_a_store_made_before_the_index_gets_it_on_open(tmp_path: Path) -> None:
             sn.prepare("k0", "", labels={REF: C0})
         with pytest.raises(AlreadyExistsError):
             sn.prepare("k1", C0, labels={REF: C1})
+
+
+# -- containerd 1.6 adopts what `pysnap image unpack` made ------------------------------
+
+containerd_only = pytest.mark.skipif(bool(SKIP_REASON), reason=SKIP_REASON)
+ADOPTING_SERVER = ["--adopt-layers", "--log-level", "debug"]  # debug: every request logged
+
+
+def pysnap_unpack(root: Path, tar: Path) -> list[str]:
+    """``pysnap --root ROOT image unpack --json TAR`` beside the running server; the chain IDs."""
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pysnap",
+            "--root",
+            str(root),
+            "image",
+            "unpack",
+            "--json",
+            str(tar),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    return [layer["chain_id"] for layer in json.loads(r.stdout)["layers"]]
+
+
+def requests(env: ContainerdEnv, method: str) -> list[str]:
+    """The ``method`` requests ``pysnap serve --log-level debug`` logged, as they came."""
+    log = (env.base / "pysnap.log").read_text(errors="replace")
+    return [
+        r.replace('\\"', '"') for r in re.findall(rf"pysnap\.server\.service: {method} (.*)", log)
+    ]
+
+
+def committed(env: ContainerdEnv) -> dict[str, str]:
+    """The backend's committed snapshots and their parents, as pysnap serve holds them."""
+    with env.backend() as backend:
+        return {i.name: i.parent for i in backend.walk("kind==committed")}
+
+
+def adopt(env: ContainerdEnv, chains: list[str]) -> None:
+    """Per layer, what containerd's unpacker sends (CRI pulls; 2.x's transfer service)."""
+    with env.through_containerd() as ctd:
+        for parent, chain in zip(["", *chains[:-1]], chains, strict=True):
+            with pytest.raises(AlreadyExistsError):
+                ctd.prepare(f"extract-{uuid.uuid4().hex} {chain}", parent, labels={REF: chain})
+            info = ctd.stat(chain)  # containerd recorded the adopted layer under its chain ID
+            assert (info.kind, info.parent, info.labels[REF]) == (Kind.COMMITTED, parent, chain)
+    walks = requests(env, "List")
+    for parent, chain in zip(["", *chains[:-1]], chains, strict=True):
+        assert any(f'filters: "{containerd_filter(chain, parent)}"' in w for w in walks), walks
+
+
+def run_and_collect(env: ContainerdEnv, image: Image, greeting: str) -> None:
+    """``ctr run --rm``; its snapshot's removal makes containerd collect pysnap's root."""
+    assert env.run(image.ref, "adopt-run").stdout == greeting + "\n"
+    # the collection ends with a Cleanup call (metadata/snapshot.go garbageCollect)
+    wait_until(lambda: bool(requests(env, "Cleanup")), what="containerd's collection")
+
+
+def layers_of(chains: list[str]) -> dict[str, str]:
+    return dict(zip(chains, ["", *chains[:-1]], strict=True))
+
+
+@containerd_only
+def test_containerd_adopts_the_unpacked_layers_and_runs_them(tmp_path: Path) -> None:
+    image = build_busybox_image(tmp_path / "img", greeting="adopted")
+    with containerd_env(ADOPTING_SERVER) as env:
+        chains = pysnap_unpack(env.pysnap_root, image.tar)
+        assert committed(env) == layers_of(chains)
+        adopt(env, chains)
+        env.ctr("images", "import", "--no-unpack", "--base-name", image.base_name, str(image.tar))
+        assert env.run(image.ref, "adopt-run").stdout == "adopted\n"
+        # no layer was applied: no Commit reached pysnap, and only the rootfs was prepared
+        assert requests(env, "Commit") == []
+        prepared = [p for p in requests(env, "Prepare") if "extract-" not in p]
+        assert len(prepared) == 1 and f'parent: "{chains[-1]}"' in prepared[0]
+        # nothing references the layers now: --no-unpack set no gc.ref label on the
+        # image, and the adopting prepares held no lease; the run's removal of its
+        # rootfs makes containerd collect them, from pysnap's root too (README)
+        wait_until(lambda: bool(requests(env, "Cleanup")), what="containerd's collection")
+        assert committed(env) == {}
+
+
+@containerd_only
+def test_import_after_adoption_applies_nothing_and_pins_the_layers(tmp_path: Path) -> None:
+    image = build_busybox_image(tmp_path / "img", greeting="pinned")
+    with containerd_env(ADOPTING_SERVER) as env:
+        chains = pysnap_unpack(env.pysnap_root, image.tar)
+        adopt(env, chains)
+        # 1.6's image.Unpack finds every chain ID in containerd and labels the image's
+        # config with containerd.io/gc.ref.snapshot.pysnap=<top>
+        env.ctr("images", "import", "--snapshotter", SNAPSHOTTER,
+                "--base-name", image.base_name, str(image.tar))  # fmt: skip
+        assert requests(env, "Commit") == []
+        run_and_collect(env, image, "pinned")
+        assert committed(env) == layers_of(chains)
+
+
+@containerd_only
+def test_containerd_16_import_of_held_layers_applies_them_again(tmp_path: Path) -> None:
+    image = build_busybox_image(tmp_path / "img", greeting="again")
+    with containerd_env(ADOPTING_SERVER) as env:
+        chains = pysnap_unpack(env.pysnap_root, image.tar)
+        # 1.6's ctr import unpacks with image.Unpack, whose prepares carry no ref label
+        env.ctr("images", "import", "--snapshotter", SNAPSHOTTER,
+                "--base-name", image.base_name, str(image.tar))  # fmt: skip
+        assert all("snapshot.ref" not in p for p in requests(env, "Prepare"))
+        assert len(requests(env, "Commit")) == len(chains)  # every layer applied again
+        again = {n for n in committed(env) if n not in chains}
+        assert len(again) == len(chains) and all(n.startswith("default/") for n in again)
+        run_and_collect(env, image, "again")
+        # containerd knew only its own copies: the collection removed pysnap's
+        assert set(committed(env)) == again
