@@ -16,6 +16,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,7 +34,7 @@ from containerd_env import (
 )
 from served import served_snapshotter
 
-from pysnap import Info, Kind, OverlaySnapshotter
+from pysnap import Info, Kind, OverlaySnapshotter, Usage, storage
 from pysnap.errors import AlreadyExistsError, InvalidArgumentError
 
 REF = "containerd.io/snapshot.ref"
@@ -298,3 +299,42 @@ def test_containerd_16_import_of_held_layers_applies_them_again(tmp_path: Path) 
         run_and_collect(env, image, "again")
         # containerd knew only its own copies: the collection removed pysnap's
         assert set(committed(env)) == again
+
+
+def _waits_for_the_writer_lock(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is in MetaStore.transaction(write=True), asleep (LMDB's writer lock)."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    if frame is None or frame.f_code.co_name != "transaction" or not frame.f_locals.get("write"):
+        return False
+    with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "S"
+
+
+def test_the_look_up_is_in_the_creates_write_transaction(tmp_path: Path) -> None:
+    """A match committed while a prepare waits for the writer lock is seen by that prepare."""
+    with OverlaySnapshotter(tmp_path / "root", sync=False, adopt_layers=True) as sn:
+        sn.prepare("extract-first", "")
+        outcome: list[object] = []
+        racer = threading.Thread(
+            target=lambda: outcome.append(
+                _outcome(sn.prepare, f"extract-second {C0}", "", labels={REF: C0})
+            )
+        )
+        # the commit of the match, held open: the racer's prepare must wait for it
+        with sn._ms.transaction(write=True) as tx:
+            racer.start()
+            wait_until(
+                lambda: _waits_for_the_writer_lock(racer),
+                what="the prepare to wait for the writer lock",
+            )
+            storage.commit_active(tx, "extract-first", C0, Usage(), {REF: C0})
+        racer.join()
+        assert [type(o) for o in outcome] == [AlreadyExistsError]
+        assert names(sn) == [C0]
+
+
+def _outcome(call: Callable[..., object], *args: object, **kwargs: object) -> object:
+    try:
+        return call(*args, **kwargs)
+    except AlreadyExistsError as e:
+        return e
