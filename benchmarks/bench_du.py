@@ -13,6 +13,13 @@ warm tree at once:
 * usr: `cp -a /usr`, a real system tree;
 * small: a few thousand entries, the size of a small layer.
 
+Group "du usr cold" (issue 14): the same walk of usr on a cold cache. Before
+every round caches are dropped (`echo 3 > /proc/sys/vm/drop_caches`: root only,
+skipped otherwise; it slows every process on the machine for a moment), GNU
+`du -s` walks cold, caches are dropped again, and the implementation walks
+cold: du and pysnap alternate on the same tree, and ratio_vs_du_s compares
+their medians over the same rounds.
+
 extra_info gives the entries walked (distinct inodes), ns per entry, the
 ratio of the median to `du -s` on the same tree, and whether the result
 equals the scandir twin's. test_peak_memory compares ru_maxrss of a fresh
@@ -25,8 +32,10 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -155,6 +164,48 @@ def test_du(benchmark: Any, trees: dict[str, str], tree: str, impl: str) -> None
     assert correct
 
 
+# ---- the walk on a cold cache --------------------------------------------------------
+
+COLD_ROUNDS = 5
+COLD: dict[str, tuple[float, float]] = {}  # impl: (its median, du -s's median, same rounds)
+
+
+def _drop_caches() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+@pytest.mark.parametrize("impl", ["snapcore threads=1", "snapcore default"])
+def test_du_cold(benchmark: Any, trees: dict[str, str], impl: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("dropping the caches needs root")
+    path = trees["usr"]
+    du_s: list[float] = []
+
+    def cold_du_first() -> None:
+        _drop_caches()
+        t0 = time.perf_counter()
+        IMPLS["du -s"](path)
+        du_s.append(time.perf_counter() - t0)
+        _drop_caches()
+
+    benchmark.group = "du usr cold"
+    result: list[tuple[int, int]] = []
+    fn = IMPLS[impl]
+    benchmark.pedantic(
+        lambda: result.append(fn(path)), setup=cold_du_first, rounds=COLD_ROUNDS, iterations=1
+    )
+    med, base = median(benchmark), statistics.median(du_s)
+    COLD[impl] = (med, base)
+    benchmark.extra_info.update(
+        du_s_cold_median=round(base, 3),
+        ratio_vs_du_s=round(med / base, 3),
+        correct=all(r == EXPECTED["usr"] for r in result),
+    )
+    assert all(r == EXPECTED["usr"] for r in result)
+
+
 # ---- peak memory -------------------------------------------------------------------------
 
 # Peak RSS of the process itself. Not ru_maxrss: Linux carries the parent's
@@ -216,6 +267,9 @@ def test_zz_summary(benchmark: Any, trees: dict[str, str]) -> None:
         ratio = f"{m / base:8.3f}" if base else " " * 8
         ns = m * 1e9 / EXPECTED[tree][1]
         lines.append(f"{tree:8} {impl:20} {m:10.4f} {ns:9.1f} {ratio}")
+    for impl, (m, base) in COLD.items():
+        lines.append(f"{'usr cold':8} {impl:20} {m:10.4f} {'':9} {m / base:8.3f}")
+        lines.append(f"{'usr cold':8} {'du -s (same rounds)':20} {base:10.4f}")
     for k, v in MEMORY.items():
         lines.append(f"memory {k}: {v}")
     text = "\n".join(lines) + "\n"

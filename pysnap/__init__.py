@@ -1,5 +1,8 @@
 """pysnap: a layered-filesystem snapshotter, containerd's overlay model with a Cython core."""
 
+# The one place the version is written: pyproject.toml reads it from here.
+__version__ = "0.1.0"
+
 from . import errors
 from .mounts import Mount, mount_all, mounted, unmount, unmount_all
 from .overlay import OverlaySnapshotter
@@ -17,4 +20,3 @@ __all__ = [
     "unmount",
     "unmount_all",
 ]
-__version__ = "0.1.0"

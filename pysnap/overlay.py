@@ -292,35 +292,40 @@ class OverlaySnapshotter:
         if not self._async_remove:
             self._remove_dirs([self._dir(sid)])
 
-    def cleanup(self) -> None:
+    def cleanup(self, *, dry_run: bool = False) -> list[str]:
         """Remove directories no live snapshot owns (crashed creates, unfinished removes).
 
         Only names pysnap makes are reaped (an id, ``new-*``, ``rm-*``); anything
-        else under ``snapshots/`` is logged and left.
+        else under ``snapshots/`` is logged and left. Returns the paths as
+        found, sorted: those removed, or with ``dry_run`` those that would be
+        (and nothing changes). A removal that fails is logged and left out of
+        the list; the next cleanup retries it.
         """
         with self._ms.transaction(write=True) as tx:
             live = {str(i) for i in storage.id_map(tx)}
             # Listed under the write lock: no create can be in flight now.
-            orphans = []
-            for name in os.listdir(self._snapshots):
+            orphans: list[tuple[str, str]] = []  # (the path as found, the path to remove)
+            for name in sorted(os.listdir(self._snapshots)):
                 if name in live:
                     continue
-                path = os.path.join(self._snapshots, name)
+                path = doomed = os.path.join(self._snapshots, name)
                 if not _OWN_NAME.fullmatch(name):
                     log.warning("cleanup: leaving %s: pysnap never makes that name", path)
                     continue
-                if _ID_NAME.fullmatch(name):
+                if _ID_NAME.fullmatch(name) and not dry_run:
                     # A crashed create's id was never committed, so the next
                     # create takes it again: move the leftover out of its way
                     # before the lock is released, then delete it at leisure.
-                    moved = os.path.join(self._snapshots, f"rm-{name}-{uuid.uuid4().hex[:12]}")
+                    doomed = os.path.join(self._snapshots, f"rm-{name}-{uuid.uuid4().hex[:12]}")
                     try:
-                        os.rename(path, moved)
+                        os.rename(path, doomed)
                     except FileNotFoundError:  # a remove() finished it meanwhile
                         continue
-                    path = moved
-                orphans.append(path)
-        self._remove_dirs(orphans)
+                orphans.append((path, doomed))
+        if dry_run:
+            return [path for path, _ in orphans]
+        removed = self._remove_dirs([doomed for _, doomed in orphans])
+        return [path for path, doomed in orphans if doomed in removed]
 
     # -- internals ----------------------------------------------------------
 
@@ -396,12 +401,17 @@ class OverlaySnapshotter:
             options = overlayopts.build(lowers, extra=self._options)
         return [Mount(type="overlay", source="overlay", options=options)]
 
-    def _remove_dirs(self, paths: list[str]) -> None:
+    def _remove_dirs(self, paths: list[str]) -> set[str]:
+        """Remove each tree; the ones removed (a failure is logged; cleanup() retries)."""
+        removed = set()
         for path in paths:
             try:
                 remove_tree(path)
             except OSError as e:  # the record is gone already; cleanup() retries
                 log.warning("removing %s failed (cleanup() will retry): %s", path, e)
+            else:
+                removed.add(path)
+        return removed
 
 
 def _fsync_dir(path: str) -> None:

@@ -21,11 +21,17 @@ def disk_usage(
     inodes is the number of distinct inodes, directories included. Roots are
     str, bytes or os.PathLike; names are handled as bytes.
 
-    Syscalls: openat(O_DIRECTORY|O_NOFOLLOW), getdents64, fstatat(
+    Syscalls: openat(O_DIRECTORY|O_NOFOLLOW), getdents64, statx(
     AT_SYMLINK_NOFOLLOW), with the GIL released. `threads=None` starts with
     the calling thread and adds workers (up to the CPUs available, at most 8)
-    only on large walks while directories are waiting; `threads=1` walks in
-    the calling thread only; `threads=N` starts N workers at once.
+    only on large walks while directories are waiting, and up to 16 while
+    the walk waits on the disk (a cold cache); `threads=1` walks in the
+    calling thread only; `threads=N` starts N workers at once. Fewer workers
+    and fewer open directories when RLIMIT_NOFILE leaves few fds. A file
+    system reached twice through mounts below the roots (a bind mount of a
+    directory of the tree inside it) is counted once: the walk starts again
+    with every inode of that device in the hash set (Linux 5.8 flags a bind
+    mount of the same file system; older kernels count it twice).
     `progress(entries, bytes)` is called from the calling thread about every
     `progress_every` inodes counted, with the running totals.
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_helpers import du_tree, root, run, targets  # noqa: F401 (fixtures of the CLI tests)
 
 # the `containerd` fixture: a private containerd on pysnap serve (containerd_env.py)
 from containerd_env import containerd  # noqa: F401
+from mountpoints import detach_all_under
 
 from pysnap.fsutil import remove_tree
 
@@ -39,19 +39,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def _mounts_under(base: str) -> set[bytes]:
-    """Mount points under ``base``, as /proc/self/mountinfo lists them."""
-    prefix = os.fsencode(os.path.realpath(base)) + b"/"
-    with open("/proc/self/mountinfo", "rb") as f:
-        points = (line.split(b" ")[4] for line in f)
-        # mountinfo escapes space, tab, newline and backslash as \ooo
-        return {
-            p
-            for p in (re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), q) for q in points)
-            if p.startswith(prefix)
-        }
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _no_mounts_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """After the run, nothing the tests mounted under this session's tmp_path base remains.
@@ -61,15 +48,9 @@ def _no_mounts_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """
     base = str(tmp_path_factory.getbasetemp())
     yield
-    left = _mounts_under(base)
-    if not left:
-        return
-    from snapcore import mount as _sys
-
-    for point in sorted(left, key=len, reverse=True):
-        with contextlib.suppress(OSError):
-            _sys.umount(point, _sys.MNT_DETACH)
-    pytest.fail(f"mounts left behind (now detached): {sorted(os.fsdecode(p) for p in left)}")
+    left = detach_all_under(base)
+    if left:
+        pytest.fail(f"mounts left behind (now detached): {sorted(left)}")
 
 
 @pytest.fixture

@@ -1,74 +1,25 @@
-"""The ``pysnap`` command: every subcommand through main(argv), the main flows
-through a real ``pysnap`` process, and progress and Ctrl-C under a real
-pseudo-terminal."""
+"""The ``pysnap`` command in-process, through main(argv): parsing, output,
+errors and every snapshot subcommand. du: test_cli_du.py; real processes,
+mounts, the demo and terminals: test_cli_process.py."""
 
 from __future__ import annotations
 
 import errno
+import importlib.metadata
 import json
 import os
-import pty
 import re
-import select
-import signal
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cli_helpers import Run, chain, jrun
 
+import pysnap
 from pysnap import errors
 from pysnap.cli import build_parser, human_size, main, rfc3339
 from pysnap.cli import du as cli_du
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
-
-Run = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> str:
-    return str(tmp_path / "root")
-
-
-@pytest.fixture
-def run(root: str, capsys: pytest.CaptureFixture[str]) -> Run:
-    """main(["--root", root, *argv]) -> (exit code, stdout, stderr)."""
-
-    def _run(*argv: str, use_root: bool = True) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main((["--root", root] if use_root else []) + list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return _run
-
-
-def jrun(run: Run, *argv: str) -> object:
-    code, out, err = run("--json", *argv)
-    assert code == 0, err
-    return json.loads(out)
-
-
-def pysnap_command() -> list[str]:
-    """The installed console script, or the module when it is not on disk."""
-    script = Path(sys.executable).with_name("pysnap")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "pysnap"]
-
-
-def chain(run: Run) -> None:
-    """base <- layer-1 committed, plus an active 'work' on layer-1 and a view 'ro'."""
-    for argv in (
-        ("prepare", "base-a", "--label", "stage=one"),
-        ("commit", "base", "base-a", "--label", "tier=base"),
-        ("prepare", "layer-1-a", "base"),
-        ("commit", "layer-1", "layer-1-a"),
-        ("prepare", "work", "layer-1", "--label", "owner=me", "--label", "gone="),
-        ("view", "ro", "layer-1"),
-    ):
-        code, _, err = run(*argv)
-        assert code == 0, (argv, err)
 
 
 # ------------------------------------------------------------- no snapshotter
@@ -121,6 +72,21 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     assert "usage:" in err
 
 
+@pytest.mark.parametrize("argv", [["bogus"], ["prepare"], ["label", "k", "=v"], ["du"]])
+def test_usage_errors_under_json_are_json(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    for args in (["--json", *argv], [*argv, "--json"]):
+        assert main(args) == 2
+        out, err = capsys.readouterr()
+        assert out == ""
+        doc = json.loads(err)["error"]
+        assert doc["code"] == "usage" and doc["exit_code"] == 2
+        assert doc["message"].startswith("pysnap")
+    assert main(["bogus", "--", "--json"]) == 2  # after --, --json is an operand
+    assert "usage:" in capsys.readouterr().err
+
+
 def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out, _ = capsys.readouterr()
@@ -128,7 +94,9 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
                  "unmount", "label", "tree", "cleanup", "du", "demo"):  # fmt: skip
         assert name in out
     assert main(["--version"]) == 0
-    assert "pysnap" in capsys.readouterr().out
+    # one version: the installed metadata's is pysnap.__version__ (pyproject reads it)
+    assert capsys.readouterr().out == f"pysnap {importlib.metadata.version('pysnap')}\n"
+    assert importlib.metadata.version("pysnap") == pysnap.__version__
 
 
 def test_unexpected_error_exit_1(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,6 +117,11 @@ def test_keyboard_interrupt_exit_130(run: Run, monkeypatch: pytest.MonkeyPatch) 
     code, _, err = run("du", ".")
     assert code == 130
     assert "Traceback" not in err
+    code, out, err = run("--json", "du", ".")
+    assert (code, out) == (130, "")
+    assert json.loads(err) == {
+        "error": {"code": "interrupted", "message": "interrupted", "exit_code": 130}
+    }
 
 
 def test_json_error_on_stderr(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,69 +134,6 @@ def test_json_error_on_stderr(run: Run, monkeypatch: pytest.MonkeyPatch) -> None
     assert out == ""
     assert json.loads(err)["error"]["code"] == "not_found"
     assert "snapshot 'x'" in json.loads(err)["error"]["message"]
-
-
-# ------------------------------------------------------------------------ du
-
-
-@pytest.fixture
-def du_tree(tmp_path: Path) -> Path:
-    """Files of many sizes, a sparse file, hard links, symlinks, empty dirs."""
-    top = tmp_path / "tree"
-    for d in range(5):
-        sub = top / f"d{d}" / "inner"
-        sub.mkdir(parents=True)
-        for f in range(20):
-            (sub / f"f{f}").write_bytes(b"x" * (f * 997))
-    (top / "empty").mkdir()
-    with open(top / "sparse", "wb") as fh:
-        fh.seek(10 * 2**20)
-        fh.write(b"end")
-    (top / "big").write_bytes(os.urandom(300_000))
-    os.link(top / "big", top / "big-link")
-    os.link(top / "big", top / "d0" / "big-link2")
-    (top / "sym").symlink_to("big")
-    (top / "dangling").symlink_to("nowhere")
-    return top
-
-
-def gnu_du(*args: str) -> int:
-    out = subprocess.run(["du", "-s", *args], check=True, capture_output=True, text=True).stdout
-    return int(out.split()[0])
-
-
-def test_du_agrees_with_gnu_du(run: Run, du_tree: Path) -> None:
-    docs = jrun(run, "du", str(du_tree))
-    assert docs == [
-        {
-            "path": str(du_tree),
-            "size": gnu_du("--block-size=512", str(du_tree)) * 512,
-            "inodes": gnu_du("--inodes", str(du_tree)),
-        }
-    ]
-
-
-def test_du_table(run: Run, du_tree: Path) -> None:
-    code, out, err = run("du", "-b", str(du_tree), str(du_tree / "d1"))
-    assert code == 0
-    assert err == ""  # no terminal, no progress
-    lines = out.splitlines()
-    assert lines[0].split() == ["PATH", "SIZE", "INODES"]
-    size = gnu_du("--block-size=512", str(du_tree)) * 512
-    assert lines[1].split()[:2] == [str(du_tree), str(size)]
-    assert lines[2].split()[0] == str(du_tree / "d1")
-    code, out, _ = run("du", str(du_tree))
-    assert human_size(size) in out
-
-
-def test_du_missing_path_exit_7(run: Run, tmp_path: Path) -> None:
-    missing = str(tmp_path / "missing")
-    code, _, err = run("du", missing)
-    assert code == 7
-    assert missing in err
-    code, _, err = run("--json", "du", missing)
-    assert code == 7
-    assert json.loads(err)["error"]["code"] == "ENOENT"
 
 
 # ------------------------------------------------------------------ snapshots
@@ -389,12 +299,27 @@ def test_rm_and_cleanup(run: Run, root: str) -> None:
     code, _, err = run("rm", "gone-1", "gone-2")  # every failure is reported
     assert code == 3
     assert "gone-1" in err and "gone-2" in err
-    code, _, _ = run("rm", "layer-1", "base")
+    code, out, _ = run("rm", "layer-1", "base")
     assert code == 0
+    assert out.splitlines() == ["removed layer-1", "removed base"]
     assert jrun(run, "ls") == []
-    os.makedirs(os.path.join(root, "snapshots", "999", "fs"))
-    assert run("cleanup")[0] == 0
-    assert not os.path.exists(os.path.join(root, "snapshots", "999"))
+    orphan = os.path.join(root, "snapshots", "999")
+    os.makedirs(os.path.join(orphan, "fs"))
+    assert run("cleanup", "--dry-run") == (0, f"would remove {orphan}\n", "")
+    assert os.path.isdir(orphan)
+    assert jrun(run, "cleanup", "-n") == {"dry_run": True, "removed": [orphan]}
+    assert run("cleanup") == (0, f"removed {orphan}\n", "")
+    assert not os.path.exists(orphan)
+    assert run("cleanup") == (0, "", "")
+    assert jrun(run, "cleanup") == {"dry_run": False, "removed": []}
+
+
+def test_rm_json_lists_what_it_removed(run: Run) -> None:
+    chain(run)
+    code, out, err = run("--json", "rm", "ro", "nope", "work")
+    assert code == 3
+    assert json.loads(out) == {"removed": ["ro", "work"]}
+    assert json.loads(err)["error"]["code"] == "not_found"
 
 
 @pytest.mark.parametrize(
@@ -424,8 +349,40 @@ def test_exit_code_per_error_kind(run: Run, argv: list[str], code: int, kind: st
     assert err.startswith(f"pysnap: {argv[0]}: ")
     got, out, err = run("--json", *argv)
     assert got == code
-    assert out == ""
+    if argv[0] == "rm":  # rm reports what it did remove: here nothing
+        assert json.loads(out) == {"removed": []}
+    else:
+        assert out == ""
     assert json.loads(err)["error"]["code"] == kind
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ls"],
+        ["info", "k"],
+        ["usage"],
+        ["tree"],
+        ["cleanup"],
+        ["rm", "k"],
+        ["label", "k"],
+        ["commit", "n", "k"],
+        ["mounts", "/mnt", "k"],
+    ],
+)
+def test_only_prepare_and_view_make_a_root(run: Run, root: str, argv: list[str]) -> None:
+    """A mistyped --root is reported (not found), not shown as an empty store of its own."""
+    code, out, err = run(*argv)
+    assert (code, out) == (3, "")
+    assert f"no pysnap root at {root!r}" in err
+    assert not os.path.exists(root)
+    os.mkdir(root)  # a directory that holds no store is no root either
+    code, out, err = run("--json", *argv)
+    assert (code, out) == (3, "")
+    assert json.loads(err)["error"]["code"] == "not_found"
+    assert os.listdir(root) == []
+    assert run("view", "v")[0] == 0
+    assert run(*argv)[0] in (0, 3)  # now a root: at most the key is missing
 
 
 def test_oserror_exit_7(run: Run, tmp_path: Path) -> None:
@@ -443,7 +400,7 @@ def test_root_from_environment(run: Run, tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("PYSNAP_ROOT", str(env_root))
     assert run("prepare", "e", use_root=False)[0] == 0
     assert env_root.is_dir()
-    assert [d["name"] for d in jrun(run, "ls")] == []  # --root wins over the variable
+    assert run("ls")[0] == 3  # --root wins over the variable (and names no root)
     _, out, _ = run("ls", use_root=False)
     assert "e" in out.split()
 
@@ -455,263 +412,18 @@ def test_json_after_subcommand(run: Run) -> None:
     assert len(json.loads(out)) == 4
 
 
-# --------------------------------------------------------- real subprocesses
-
-
-def sub(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*pysnap_command(), *argv], capture_output=True, text=True, env=env, timeout=60
-    )
-
-
-def test_subprocess_main_flow(tmp_path: Path) -> None:
-    root = str(tmp_path / "root")
-    env = {**os.environ, "PYSNAP_ROOT": root}
-    assert sub("prepare", "a", "--label", "k=v", env=env).returncode == 0
-    assert sub("commit", "layer", "a", env=env).returncode == 0
-    assert sub("view", "v", "layer", env=env).returncode == 0
-    p = sub("--json", "ls", "kind==view", env=env)
-    assert p.returncode == 0, p.stderr
-    assert [(d["name"], d["parent"]) for d in json.loads(p.stdout)] == [("v", "layer")]
-    p = sub("--json", "usage", env=env)
-    assert {d["key"] for d in json.loads(p.stdout)} == {"layer", "v"}
-    p = sub("info", "missing", env=env)
-    assert p.returncode == 3
-    assert "missing" in p.stderr and "Traceback" not in p.stderr
-    p = sub("prepare", "v", env=env)
-    assert p.returncode == 4
-    p = sub("rm", "layer", env=env)
-    assert p.returncode == 5
-    p = sub("--json", "ls", "name==", env=env)
-    assert p.returncode == 6 and json.loads(p.stderr)["error"]["code"] == "invalid_argument"
-    p = sub("--root", str(tmp_path / "other"), "ls", env=env)  # --root wins
-    assert p.returncode == 0 and p.stdout.split() == ["KEY", "PARENT", "KIND"]
-    p = sub("rm", "v", "layer", env=env)
-    assert p.returncode == 0
-    p = sub("frobnicate", env=env)
-    assert p.returncode == 2
-    p = sub("du", str(tmp_path / "nope"), env=env)
-    assert p.returncode == 7
-
-
-def test_python_dash_m(tmp_path: Path, du_tree: Path) -> None:
-    p = subprocess.run(
-        [sys.executable, "-m", "pysnap", "--json", "du", str(du_tree)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout)[0]["path"] == str(du_tree)
-
-
-# ------------------------------------------------------- mounts, as root
-
-
-def _mounted(path: str) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
-
-
-@pytest.fixture
-def targets(tmp_path: Path) -> Iterator[list[str]]:
-    made: list[str] = []
-    yield made
-    for t in reversed(made):
-        while _mounted(t):
-            subprocess.run(["umount", "-l", t], check=False)
-
-
-@pytest.mark.root
-def test_mount_and_unmount(run: Run, tmp_path: Path, targets: list[str]) -> None:
-    t = str(tmp_path / "target")
-    os.mkdir(t)
-    targets.append(t)
-    assert run("prepare", "a")[0] == 0
-    code, _, err = run("mount", "a", t)
-    assert code == 0, err
-    assert _mounted(t)
-    Path(t, "hello").write_text("layer a\n")
-    assert run("unmount", t)[0] == 0
-    assert not _mounted(t)
-    assert run("commit", "la", "a")[0] == 0
-    assert run("prepare", "b", "la")[0] == 0
-    assert run("mount", "b", t)[0] == 0
-    assert Path(t, "hello").read_text() == "layer a\n"
-    Path(t, "hello").unlink()
-    Path(t, "new").write_text("b\n")
-    assert run("unmount", t)[0] == 0
-    assert run("commit", "lb", "b")[0] == 0
-    assert run("view", "v", "lb")[0] == 0
-    assert run("mount", "v", t)[0] == 0
-    assert sorted(os.listdir(t)) == ["new"]
-    with pytest.raises(OSError):
-        Path(t, "x").write_text("read-only")
-    assert run("umount", t)[0] == 0
-    code, _, err = run("unmount", t)  # not mounted any more
-    assert code == 7
-    assert t in err
-
-
-@pytest.mark.root
-def test_subprocess_mount_unmount(tmp_path: Path, targets: list[str]) -> None:
-    env = {**os.environ, "PYSNAP_ROOT": str(tmp_path / "root")}
-    t = str(tmp_path / "t")
-    os.mkdir(t)
-    targets.append(t)
-    assert sub("prepare", "a", env=env).returncode == 0
-    p = sub("mount", "a", t, env=env)
-    assert p.returncode == 0, p.stderr
-    assert _mounted(t)
-    p = sub("unmount", t, env=env)
-    assert p.returncode == 0, p.stderr
-    assert not _mounted(t)
-
-
-@pytest.mark.root
-def test_demo_leaves_nothing_behind(tmp_path: Path) -> None:
-    tmp = tmp_path / "tmpdir"
-    tmp.mkdir()
-    env = {**os.environ, "TMPDIR": str(tmp), "PYSNAP_ROOT": str(tmp_path / "configured")}
-    p = sub("demo", env=env)
-    assert p.returncode == 0, p.stderr
-    assert "layer-3" in p.stdout and "nothing left behind" in p.stdout
-    assert list(tmp.iterdir()) == []  # no folder
-    assert not (tmp_path / "configured").exists()  # never the configured store
-    with open("/proc/self/mountinfo") as f:
-        assert str(tmp) not in f.read()  # no mount
-    p = sub("--json", "demo", env=env)
-    assert p.returncode == 0, p.stderr
-    doc = json.loads(p.stdout)
-    assert [layer["name"] for layer in doc["layers"]] == ["layer-1", "layer-2", "layer-3"]
-    assert doc["removed"] is True
-    assert list(tmp.iterdir()) == []
-
-
-# ------------------------------------------- progress and Ctrl-C under a pty
-
-
-@pytest.fixture(scope="module")
-def big_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """20,000 files: past the progress step of both du (4,096) and usage (16,384)."""
-    top = tmp_path_factory.mktemp("big")
-    for d in range(BIG_DIRS):
-        sub = top / f"d{d:02}"
-        sub.mkdir()
-        for f in range(1000):
-            os.close(os.open(sub / f"f{f}", os.O_CREAT | os.O_WRONLY, 0o644))
-    return top
-
-
-BIG_DIRS = 20
-
-
-def spawn_in_pty(argv: list[str]) -> tuple[int, int]:
-    """Run argv with a new pseudo-terminal as its controlling terminal."""
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: exec at once, nothing else
-        try:
-            os.execv(argv[0], argv)
-        finally:
-            os._exit(127)
-    return pid, fd
-
-
-def read_until(fd: int, pattern: re.Pattern[bytes], buf: bytearray) -> re.Match[bytes] | None:
-    """Read the pty into buf until pattern matches or the child closes it.
-
-    The select timeout only keeps a broken child from hanging the suite."""
-    while not (m := pattern.search(buf)):
-        ready, _, _ = select.select([fd], [], [], 60)
-        if not ready:
-            return None
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError as e:  # EIO: the child closed the terminal
-            if e.errno == errno.EIO:
-                return None
-            raise
-        if not chunk:
-            return None
-        buf += chunk
-    return m
-
-
-def wait_exit(pid: int, fd: int, buf: bytearray) -> int:
-    read_until(fd, re.compile(rb"(?!)"), buf)  # drain to EOF
-    os.close(fd)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
-PROGRESS = re.compile(rb"du [^:\r\n]*: [\d,]+ files, [\d.]+ \w+")
-
-
-def test_progress_on_a_terminal(big_tree: Path) -> None:
-    pid, fd = spawn_in_pty([*pysnap_command(), "--json", "du", str(big_tree)])
-    buf = bytearray()
-    code = wait_exit(pid, fd, buf)
-    assert code == 0, bytes(buf)
-    assert PROGRESS.search(buf), bytes(buf)
-    # the display is wiped before the data: the JSON document parses on its own
-    text = bytes(buf).decode()
-    doc = json.loads(text[text.rindex("\x1b[K") + 3 :])
-    assert doc[0]["inodes"] == BIG_DIRS * 1000 + BIG_DIRS + 1
-
-
-def test_no_progress_without_terminal(big_tree: Path) -> None:
-    p = sub("du", str(big_tree))
-    assert p.returncode == 0
-    assert p.stderr == ""
-
-
-def test_ctrl_c_stops_du(big_tree: Path) -> None:
-    # Many walks of the tree in one command, so the command is still walking
-    # long after the first progress line; Ctrl-C is typed once that line is read.
-    argv = [*pysnap_command(), "du", *[str(big_tree)] * 200]
-    pid, fd = spawn_in_pty(argv)
-    buf = bytearray()
-    assert read_until(fd, PROGRESS, buf), bytes(buf)
-    os.write(fd, b"\x03")  # the terminal turns ^C into SIGINT for the foreground group
-    code = wait_exit(pid, fd, buf)
-    assert code == 130, bytes(buf)
-    assert b"Traceback" not in buf
-    assert b"interrupted" in buf
-    assert buf.count(str(big_tree).encode() + b" ") < 200  # stopped before the end
-
-
-def test_ctrl_c_by_signal(big_tree: Path) -> None:
-    argv = [*pysnap_command(), "du", *[str(big_tree)] * 200]
-    pid, fd = spawn_in_pty(argv)
-    buf = bytearray()
-    assert read_until(fd, PROGRESS, buf), bytes(buf)
-    os.kill(pid, signal.SIGINT)
-    assert wait_exit(pid, fd, buf) == 130
-    assert b"Traceback" not in buf
-
-
-def test_usage_progress_on_a_terminal(tmp_path: Path, big_tree: Path) -> None:
-    """usage of an active snapshot walks its upper dir now, with progress."""
-    root = tmp_path / "root"
-    assert main(["--root", str(root), "prepare", "big"]) == 0
-    from pysnap.overlay import OverlaySnapshotter
-
-    with OverlaySnapshotter(str(root)) as sn:
-        upper = Path(sn.mounts("big")[0].source)  # no parent: a bind of the upper dir
-    # Lend the big tree to the upper dir (a rename each way, not 20,000 creates).
-    subdirs = sorted(big_tree.iterdir())
-    for d in subdirs:
-        d.rename(upper / d.name)
-    try:
-        argv = [*pysnap_command(), "--root", str(root), "--json", "usage", "big"]
-        pid, fd = spawn_in_pty(argv)
-        buf = bytearray()
-        assert wait_exit(pid, fd, buf) == 0, bytes(buf)
-    finally:
-        for d in subdirs:
-            (upper / d.name).rename(d)
-    assert re.search(rb"usage big: [\d,]+ files", buf), bytes(buf)
-    text = bytes(buf).decode()
-    doc = json.loads(text[text.rindex("\x1b[K") + 3 :])
-    assert doc[0]["key"] == "big"
-    assert doc[0]["inodes"] == BIG_DIRS * 1000 + BIG_DIRS + 1
+def test_mount_takes_target_then_key(run: Run, tmp_path: Path) -> None:
+    args = build_parser().parse_args(["mount", "/mnt/t", "k"])
+    assert (args.target, args.key) == ("/mnt/t", "k")
+    target = str(tmp_path / "no such dir")
+    run("prepare", "a")
+    for command in ("mount", "mounts"):
+        code, out, err = run(command, "a", target)  # the order before ctr's
+        assert (code, out) == (2, "")
+        assert f"did you mean `pysnap {command} '{target}' a`" in err
+        code, _, err = run("--json", command, "a", target)
+        assert code == 2
+        assert json.loads(err)["error"]["code"] == "usage"
+        code, _, err = run(command, target, "b")  # neither is a key: the key is not found
+        assert code == 3 and "did you mean" not in err
+    assert not os.path.exists(target)

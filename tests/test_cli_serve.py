@@ -165,6 +165,8 @@ def test_remote_mode_runs_the_snapshot_commands(
         assert main([*remote_args, "rm", "c"]) == 5  # has a child: failed precondition
         assert main([*remote_args, "info", "nope"]) == 3  # not found, from the status code
         assert main([*remote_args, "rm", "v", "c"]) == 0
+        assert main([*remote_args, "cleanup"]) == 0
+        assert main([*remote_args, "cleanup", "--dry-run"]) == 12  # the RPC has no dry run
         assert served.walk() == []
         assert served.backend.walk() == []
         assert main([*remote_args, "serve", "--print-config"]) == 6  # serve is local only

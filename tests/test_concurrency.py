@@ -160,11 +160,11 @@ def test_cleanup_never_reaps_a_create_that_reuses_a_leftover(tmp_path: Path) -> 
         real_remove_dirs = sn._remove_dirs
         created: list[str] = []
 
-        def remove_dirs(paths: list[str]) -> None:
+        def remove_dirs(paths: list[str]) -> set[str]:
             if not created:  # the first call is cleanup()'s (remove() is not called)
                 sn.prepare("second")
                 created.append(w.upper_of(sn.stat("second")))
-            real_remove_dirs(paths)
+            return real_remove_dirs(paths)
 
         sn._remove_dirs = remove_dirs  # type: ignore[method-assign]
         sn.cleanup()

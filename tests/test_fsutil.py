@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from interrupts import interrupt_each_call
 from privileges import as_nobody, unprivileged
 
 from pysnap.fsutil import remove_tree
@@ -183,34 +184,21 @@ def test_keyboard_interrupt_at_any_close_neither_leaks_nor_double_closes(
 ) -> None:
     """KeyboardInterrupt right after each os.close() in turn: it propagates as it is
     (a second close of the same fd would raise EBADF instead) and no fd stays open."""
-    real_close = os.close
-    for k in range(1, 200):
+    before = len(os.listdir("/proc/self/fd"))
+
+    def run(k: int) -> Path:
         tree = tmp_path / f"t{k}"
         for p in ("a/b/c/d", "a/e", "f/g"):
             (tree / p).mkdir(parents=True)
             (tree / p / "x").write_text("x")
-        calls = [0]
+        remove_tree(tree)
+        return tree
 
-        def close_then_interrupt(fd: int, calls: list[int] = calls, k: int = k) -> None:
-            real_close(fd)
-            calls[0] += 1
-            if calls[0] == k:
-                raise KeyboardInterrupt
+    def check(removed: Path | None) -> None:
+        assert len(os.listdir("/proc/self/fd")) == before
+        assert removed is None or not removed.exists()
 
-        before = len(os.listdir("/proc/self/fd"))
-        monkeypatch.setattr(os, "close", close_then_interrupt)
-        try:
-            remove_tree(tree)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            monkeypatch.setattr(os, "close", real_close)
-        assert len(os.listdir("/proc/self/fd")) == before, k
-        if calls[0] < k:  # no close left to interrupt: every point was covered
-            assert not tree.exists()
-            break
-    else:
-        pytest.fail("remove_tree closed more fds than expected")
+    interrupt_each_call(monkeypatch, os, "close", run, check)
 
 
 def test_no_proc_for_the_chmod_raises_instead_of_looping(tmp_path: Path, public_tmp: Path) -> None:

@@ -366,10 +366,11 @@ def test_mount_layouts(open_sn: Callable[..., OverlaySnapshotter], tmp_path: Pat
         )
     ]
     s.commit("c2", "b")
-    assert s.view("v2", "c2") == [
+    view_mounts = s.view("v2", "c2")
+    assert view_mounts == [
         Mount("overlay", "overlay", (f"lowerdir={snaps}/4/fs:{snaps}/1/fs", "index=on"))
     ]
-    assert s.mounts("v2") == s.mounts("v2")
+    assert s.mounts("v2") == view_mounts  # mounts() later gives what view() gave
     with pytest.raises(FailedPreconditionError):
         s.mounts("c2")
     with pytest.raises(NotFoundError):
@@ -643,6 +644,22 @@ def test_async_remove_leaves_dirs_for_cleanup(tmp_path: Path) -> None:
         s.cleanup()
         assert sorted(os.listdir(snaps)) == ["2"]
         assert [i.name for i in s.walk()] == ["b"]
+
+
+def test_cleanup_returns_what_it_removes_and_dry_run_what_it_would(tmp_path: Path) -> None:
+    with OverlaySnapshotter(tmp_path / "r", sync=False, async_remove=True) as s:
+        s.prepare("keep")
+        s.prepare("gone")
+        s.remove("gone")
+        snaps = Path(s.root, "snapshots")
+        (snaps / "new-crashed" / "fs").mkdir(parents=True)
+        (snaps / "7").mkdir()
+        orphans = [str(snaps / n) for n in ("2", "7", "new-crashed")]
+        assert s.cleanup(dry_run=True) == orphans
+        assert sorted(os.listdir(snaps)) == ["1", "2", "7", "new-crashed"]  # nothing changed
+        assert s.cleanup() == orphans
+        assert os.listdir(snaps) == ["1"]
+        assert s.cleanup() == s.cleanup(dry_run=True) == []
 
 
 def test_leftover_dir_of_crashed_create_is_replaced(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from .. import __version__
 from ..errors import SnapshotError, kind_of
@@ -32,9 +32,10 @@ from ._output import (
     EXIT_PIPE,
     EXIT_UNEXPECTED,
     EXIT_USAGE,
-    clear_progress,
+    UsageError,
     fail,
     human_size,
+    report,
     rfc3339,
 )
 
@@ -52,6 +53,19 @@ COMMAND_MODULES: tuple[CommandModule, ...] = (snapshots, mounting, du, demo, ser
 _MOUNTING_COMMANDS = ("mount", "unmount", "umount", "demo")
 
 
+class _ParserError(UsageError):
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors main() reports (as JSON under --json)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _ParserError(self, message)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -65,7 +79,7 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``pysnap`` (global options, then one subcommand)."""
     root_default = os.environ.get("PYSNAP_ROOT") or DEFAULT_ROOT
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pysnap",
         description="Manage overlay snapshots: containerd's snapshotter model, from the shell.",
         epilog="Exit codes: 0 ok, 1 unexpected, 2 usage, 3 not found, 4 already exists, "
@@ -89,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     # --json is accepted after the subcommand too; SUPPRESS keeps the global value.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON")
 
     def add(
@@ -106,32 +120,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _wants_json(argv: list[str]) -> bool:
+    """Whether --json is among the options (before any ``--``): for errors met
+    before the arguments are parsed."""
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    return "--json" in options
+
+
+def _interrupted(args: argparse.Namespace) -> int:
+    return fail(args, "interrupted", "interrupted", EXIT_INTERRUPTED)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pysnap`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    early = argparse.Namespace(json=_wants_json(argv))  # until the arguments are parsed
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help, --version, usage errors
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version
         return e.code if isinstance(e.code, int) else EXIT_USAGE
+    except _ParserError as e:
+        if early.json:
+            return fail(early, "usage", f"{e.parser.prog}: {e}", EXIT_USAGE)
+        with contextlib.suppress(OSError, ValueError):
+            e.parser.print_usage(sys.stderr)
+            sys.stderr.write(f"{e.parser.prog}: error: {e}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return _interrupted(early)
     command = args.command
     try:
         return args.func(args) or EXIT_OK
+    except UsageError as e:
+        return fail(args, "usage", str(e), EXIT_USAGE)
     except BrokenPipeError:
         # The reader went away (`pysnap ls | head`): stop quietly, as cat does.
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_PIPE
     except (SnapshotError, OSError) as e:  # the one table of error kinds
-        kind = kind_of(e)
-        msg = f"{command}: {e}"
-        if kind.code == "EPERM" and command in _MOUNTING_COMMANDS:
-            msg += " (mounting needs root: CAP_SYS_ADMIN)"
-        return fail(args, kind.code, msg, kind.exit_code)
+        hint = ""
+        if kind_of(e).code == "EPERM" and command in _MOUNTING_COMMANDS:
+            hint = " (mounting needs root: CAP_SYS_ADMIN)"
+        return report(args, command, e, hint)
     except KeyboardInterrupt:
-        clear_progress()
-        with contextlib.suppress(OSError, ValueError):
-            sys.stderr.write("pysnap: interrupted\n")
-        return EXIT_INTERRUPTED
+        return _interrupted(args)
     except Exception as e:
         with contextlib.suppress(OSError, ValueError):
             traceback.print_exc()
@@ -142,8 +175,8 @@ def run() -> None:
     """The console script: ``sys.exit(main())``."""
     try:
         code = main()
-    except KeyboardInterrupt:  # Ctrl-C before main's handler was in place
-        code = EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # Ctrl-C before or after main's handlers
+        code = _interrupted(argparse.Namespace(json=_wants_json(sys.argv[1:])))
     sys.exit(code)
 
 

@@ -1,12 +1,16 @@
-"""What several subcommand modules share: label arguments and opening the root."""
+"""What several subcommand modules share: label arguments, opening the root, and
+telling whether a snapshot's directory is mounted."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from .. import mountinfo
+from ..errors import FailedPreconditionError, NotFoundError
 from . import remote
 
 if TYPE_CHECKING:
@@ -45,14 +49,60 @@ def label_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+# The metadata store in a root (pysnap.metastore's layout): a root without it is
+# not a pysnap root.
+_STORE = "metadata.lmdb"
+
+
 @contextlib.contextmanager
-def snapshotter(args: argparse.Namespace) -> Iterator[OverlaySnapshotter]:
+def snapshotter(
+    args: argparse.Namespace, *, create: bool = False, upperdir_label: bool = False
+) -> Iterator[OverlaySnapshotter]:
+    """The snapshotter of ``--root``. Only ``create`` (prepare, view) makes a new root:
+    elsewhere a mistyped ``--root`` would show, or clean, an empty store of its own."""
     from ..overlay import OverlaySnapshotter  # imported late: `du` needs only snapcore
 
     if getattr(args, "address", None):  # the remote mode (remote.py): the same API
         with remote.open_remote(args) as remote_sn:
             yield remote_sn  # type: ignore[misc]
         return
+    if not create:
+        try:
+            os.stat(os.path.join(args.root, _STORE))
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"no pysnap root at {args.root!r} (see --root and $PYSNAP_ROOT; "
+                "prepare or view makes one)"
+            ) from None
+    options: dict[str, Any] = {"upperdir_label": upperdir_label}
     map_size = getattr(args, "map_size", None)
-    with OverlaySnapshotter(args.root, **({"map_size": map_size} if map_size else {})) as sn:
+    if map_size:
+        options["map_size"] = map_size
+    with OverlaySnapshotter(args.root, **options) as sn:
         yield sn
+
+
+def refuse_if_mounted(sn: OverlaySnapshotter, key: str, action: str) -> None:
+    """FailedPreconditionError when a mount of this namespace uses ``key``'s directory.
+
+    ``sn`` was opened with ``upperdir_label``: the label names the directory
+    (a remote snapshotter without that label is not checked).
+    Overlay layers and bind sources both count. A view of a parent owns no
+    layer of its mount (it mounts its parents' layers), so its mount is not seen.
+    """
+    from ..overlay import UPPERDIR_LABEL
+
+    upper = sn.stat(key).labels.get(UPPERDIR_LABEL)
+    if upper is None:  # a remote snapshotter that does not tell where its layers are
+        return
+    snapshot_dir = os.path.dirname(upper)
+    try:
+        users = mountinfo.users_of(snapshot_dir)
+    except FileNotFoundError:  # its directory is gone already: nothing mounts it
+        return
+    if users:
+        points = ", ".join(sorted({u.mount_point for u in users}))
+        raise FailedPreconditionError(
+            f"{action} {key!r}: it is mounted at {points}; unmount it first, "
+            "or pass --force to go ahead anyway"
+        )

@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shlex
 import sys
 import time
 from collections.abc import Sequence
 from typing import IO, Any
 
+from ..errors import kind_of
 from ..types import Info, Mount, Usage
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE = 0, 1, 2
@@ -23,6 +25,38 @@ EXIT_INTERRUPTED, EXIT_PIPE = 130, 141
 # Progress redraws at most this often (seconds): enough to look alive, few
 # enough writes that a fast walk is not slowed by its own display.
 PROGRESS_INTERVAL = 0.1
+
+
+class UsageError(Exception):
+    """Arguments that cannot work, found by the parser or by a subcommand: exit 2."""
+
+
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: a path's bytes that are not UTF-8 come out as ``\\xNN``.
+
+    Such bytes reach Python as lone surrogates (PEP 383), which a strict UTF-8
+    stream cannot write and no JSON reader accepts.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _printable_doc(doc: Any) -> Any:
+    if isinstance(doc, str):
+        return printable(doc)
+    if isinstance(doc, dict):
+        return {printable(k): _printable_doc(v) for k, v in doc.items()}
+    if isinstance(doc, list | tuple):
+        return [_printable_doc(v) for v in doc]
+    return doc
 
 
 def human_size(n: int) -> str:
@@ -76,13 +110,14 @@ def mount_command(m: Mount, target: str) -> str:
     words = ["mount", "-t", m.type, m.source, target]
     if m.options:
         words += ["-o", ",".join(m.options)]
-    return shlex.join(words)
+    return printable(shlex.join(words))
 
 
 def table(rows: Sequence[Sequence[str]], out: IO[str]) -> None:
     """Left-aligned columns, two spaces apart, like ctr's tabwriter."""
     if not rows:
         return
+    rows = [[printable(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         cells = [c.ljust(w) for c, w in zip(r[:-1], widths, strict=False)] + [r[-1]]
@@ -97,7 +132,8 @@ def usage_rows(head: str, items: Sequence[tuple[str, Usage]], raw: bool) -> list
 
 
 def print_json(doc: Any) -> None:
-    json.dump(doc, sys.stdout, indent=2, ensure_ascii=False)
+    """One JSON document on stdout, valid UTF-8 whatever the paths in it."""
+    json.dump(_printable_doc(doc), sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
 
 
@@ -105,12 +141,14 @@ class Progress:
     """Files and bytes so far on one terminal line of ``stream``, redrawn in place.
 
     The first call draws at once, later ones at most every ``interval``
-    seconds. ``clear()`` wipes the line so the data that follows starts clean.
+    seconds. The line is cut to the terminal's width (read at each draw: a
+    wider line would wrap, and ``\r`` would then redraw only its last row).
+    ``clear()`` wipes the line so the data that follows starts clean.
     """
 
     def __init__(self, stream: IO[str], label: str, interval: float = PROGRESS_INTERVAL) -> None:
         self.stream = stream
-        self.label = label
+        self.label = printable(label)
         self.interval = interval
         self.shown = False
         self._last = 0.0
@@ -121,8 +159,16 @@ class Progress:
             return
         self._last = now
         self.shown = True
-        self.stream.write(f"\r\x1b[K{self.label}: {entries:,} files, {human_size(nbytes)}")
+        counts = f": {entries:,} files, {human_size(nbytes)}"
+        self.stream.write(f"\r\x1b[K{fit(self.label, counts, self._width())}")
         self.stream.flush()
+
+    def _width(self) -> int:
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError):
+            columns = 0
+        return columns or 80  # 0: a terminal that never said its size
 
     def clear(self) -> None:
         if self.shown:
@@ -131,13 +177,22 @@ class Progress:
             self.stream.flush()
 
 
+def fit(label: str, tail: str, width: int) -> str:
+    """``label + tail`` in fewer than ``width`` columns (the last one stays free, so the
+    cursor never wraps): the start of the label gives way first, then the tail's end."""
+    room = width - 1 - len(tail)
+    if len(label) > room:
+        label = "\u2026" + label[len(label) - room + 1 :] if room > 1 else ""
+    return (label + tail)[: max(width - 1, 0)]
+
+
 _progress: Progress | None = None  # the live display, cleared on error or Ctrl-C
 
 
 def progress_for(label: str) -> Progress | None:
-    """A progress display on stderr when stderr is a terminal, else None."""
+    """A progress display on stderr when stderr is a terminal that can redraw, else None."""
     global _progress
-    if not sys.stderr.isatty():
+    if not sys.stderr.isatty() or os.environ.get("TERM") == "dumb":  # no \x1b[K there
         return None
     _progress = Progress(sys.stderr, label)
     return _progress
@@ -151,12 +206,29 @@ def clear_progress() -> None:
         _progress = None
 
 
+def error_text(e: BaseException) -> str:
+    """``str(e)``, with an OSError's file names :func:`printable` (``str`` would
+    show a byte 0xff of a name as ``\\udcff``)."""
+    if not isinstance(e, OSError) or e.filename is None or e.strerror is None:
+        return str(e)
+    names = [f"'{printable(os.fsdecode(n))}'" for n in (e.filename, e.filename2) if n is not None]
+    return f"[Errno {e.errno}] {e.strerror}: {' -> '.join(names)}"
+
+
+def report(args: argparse.Namespace, command: str, e: BaseException, hint: str = "") -> int:
+    """Report a SnapshotError or OSError by the one table (errors.kind_of); its exit code."""
+    kind = kind_of(e)
+    return fail(args, kind.code, f"{command}: {error_text(e)}{hint}", kind.exit_code)
+
+
 def fail(args: argparse.Namespace | None, code: str, message: str, exit_code: int) -> int:
     """Report one error on stderr (JSON under --json) and give its exit code."""
     clear_progress()
-    if args is not None and getattr(args, "json", False):
-        doc = {"error": {"code": code, "message": message, "exit_code": exit_code}}
-        sys.stderr.write(json.dumps(doc, ensure_ascii=False) + "\n")
-    else:
-        sys.stderr.write(f"pysnap: {message}\n")
+    message = printable(message)
+    with contextlib.suppress(OSError, ValueError):  # stderr closed: the exit code remains
+        if args is not None and getattr(args, "json", False):
+            doc = {"error": {"code": code, "message": message, "exit_code": exit_code}}
+            sys.stderr.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        else:
+            sys.stderr.write(f"pysnap: {message}\n")
     return exit_code

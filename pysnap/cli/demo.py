@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
-import shutil
+import signal
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ._common import AddCommand
@@ -56,23 +58,59 @@ def _contents(tree: str) -> list[tuple[str, int]]:
     return sorted(found)
 
 
+@contextlib.contextmanager
+def _no_interrupts() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is done (then they act as usual).
+
+    A Ctrl-C inside mkdtemp would leak the new directory before its name is
+    known; one during the clean-up would stop it half way.
+    """
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _remove_root(root: str) -> None:
+    """Unmount whatever is still mounted under ``root`` (deepest first), then remove it."""
+    from ..fsutil import remove_tree
+    from ..mountinfo import mounts_under
+    from ..mounts import unmount
+
+    for entry in sorted(mounts_under(root), key=lambda e: len(e.mount_point), reverse=True):
+        unmount(entry.mount_point, detach=True)
+    if mounts_under(root):  # never remove files through a mount
+        raise OSError(errno.EBUSY, "still mounted after detaching its mounts", root)
+    remove_tree(root)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
-    """The main job end to end on a temporary root of its own, never --root."""
+    """The main job end to end on a temporary root of its own, never --root.
+
+    Its mounts go inside that root, so one clean-up at the end (also after a
+    Ctrl-C or an error) unmounts and removes everything the demo made.
+    """
     from ..mounts import mounted
     from ..overlay import OverlaySnapshotter
 
     say: Callable[[str], None] = (lambda _: None) if args.json else print
-    root = tempfile.mkdtemp(prefix="pysnap-demo-")
     layers: list[dict[str, Any]] = []
     files: list[tuple[str, int]] = []
     greeting = b""
+    root = ""
     try:
+        with _no_interrupts():
+            root = tempfile.mkdtemp(prefix="pysnap-demo-")
+        targets = os.path.join(root, "mnt")
+        os.mkdir(targets)
         say(f"pysnap demo: a fresh snapshotter root in {root}")
         with OverlaySnapshotter(root) as sn:
             parent = ""
             for name, what, changes in DEMO_LAYERS:
                 key = f"{name}-build"
-                with mounted(sn.prepare(key, parent=parent)) as target:
+                with mounted(sn.prepare(key, parent=parent), dir=targets) as target:
                     _apply(target, changes)
                 sn.commit(name, key)
                 usage = sn.usage(name)
@@ -90,7 +128,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
                     f"{human_size(usage.size)} in {usage.inodes} inodes"
                 )
                 parent = name
-            with mounted(sn.view("top-view", parent=parent)) as target:
+            with mounted(sn.view("top-view", parent=parent), dir=targets) as target:
                 files = _contents(target)
                 with open(os.path.join(target, "etc/greeting"), "rb") as f:
                     greeting = f.read()
@@ -100,8 +138,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
             say(f"  etc/greeting reads: {greeting.decode().strip()!r}")
             sn.remove("top-view")
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if root:
+            with _no_interrupts():
+                _remove_root(root)
     say(f"  unmounted, and removed {root}: nothing left behind.")
+    say("  by hand: pysnap prepare KEY PARENT, pysnap mount TARGET KEY, pysnap unmount TARGET,")
+    say("  pysnap commit NAME KEY (pysnap --help lists the rest)")
     if args.json:
         print_json(
             {

@@ -7,7 +7,15 @@ import sys
 
 from ..types import Usage
 from ._common import AddCommand
-from ._output import clear_progress, print_json, progress_for, table, usage_rows
+from ._output import (
+    EXIT_OK,
+    clear_progress,
+    print_json,
+    progress_for,
+    report,
+    table,
+    usage_rows,
+)
 
 # du asks for a progress call every this many inodes; the progress display's
 # interval decides which calls draw. (usage() walks with the snapshotter's default.)
@@ -20,19 +28,29 @@ def register(add: AddCommand) -> None:
     p.add_argument("-b", "--bytes", action="store_true", help="sizes in bytes")
 
 
-def cmd_du(args: argparse.Namespace) -> None:
+def cmd_du(args: argparse.Namespace) -> int:
+    """Measure each path; like GNU du, one that fails is reported, the others still
+    print, and the exit code is the first failure's."""
     from snapcore.du import disk_usage
 
+    code = EXIT_OK
     results: list[tuple[str, Usage]] = []
     for path in args.paths:
         progress = progress_for(f"du {path}")
-        if progress is None:
-            size, inodes = disk_usage(path)
-        else:
-            size, inodes = disk_usage(path, progress=progress, progress_every=DU_PROGRESS_EVERY)
-        clear_progress()
+        try:
+            if progress is None:
+                size, inodes = disk_usage(path)
+            else:
+                size, inodes = disk_usage(path, progress=progress, progress_every=DU_PROGRESS_EVERY)
+        except OSError as e:
+            failed = report(args, args.command, e)
+            code = code or failed  # every failure reported; the first one's code
+            continue
+        finally:
+            clear_progress()
         results.append((path, Usage(size, inodes)))
     if args.json:
         print_json([{"path": p, "size": u.size, "inodes": u.inodes} for p, u in results])
-    else:
+    elif results:
         table(usage_rows("PATH", results, args.bytes), sys.stdout)
+    return code

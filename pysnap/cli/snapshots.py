@@ -7,17 +7,17 @@ import argparse
 import sys
 from typing import Any
 
-from ..errors import SnapshotError, kind_of
+from ..errors import SnapshotError, UnimplementedError
 from ..types import Info, Kind, Usage
-from ._common import AddCommand, label_arg, label_option, labels, snapshotter
+from ._common import AddCommand, label_arg, label_option, labels, refuse_if_mounted, snapshotter
 from ._output import (
     EXIT_OK,
     clear_progress,
-    fail,
     mount_command,
     mount_json,
     print_json,
     progress_for,
+    report,
     snapshot_json,
     table,
     usage_rows,
@@ -41,9 +41,11 @@ def register(add: AddCommand) -> None:
     p.add_argument("name")
     p.add_argument("key")
     label_option(p)
+    force_option(p, "commit")
 
     p = add("rm", cmd_rm, "remove snapshots", aliases=("remove", "delete", "del"))
     p.add_argument("keys", nargs="+", metavar="KEY")
+    force_option(p, "remove")
 
     p = add("ls", cmd_ls, "list snapshots matching any FILTER (containerd syntax)", ("list",))
     p.add_argument("filters", nargs="*", metavar="FILTER")
@@ -60,12 +62,19 @@ def register(add: AddCommand) -> None:
     p.add_argument("labels", nargs="*", type=label_arg, metavar="KEY=VALUE")
 
     add("tree", cmd_tree, "show snapshots as a forest of parents and children")
-    add("cleanup", cmd_cleanup, "remove directories that no snapshot owns")
+    p = add("cleanup", cmd_cleanup, "remove directories that no snapshot owns")
+    p.add_argument("-n", "--dry-run", action="store_true", help="only say what would go")
+
+
+def force_option(p: argparse.ArgumentParser, action: str) -> None:
+    p.add_argument(
+        "-f", "--force", action="store_true", help=f"{action} even a snapshot that is mounted"
+    )
 
 
 def _create(args: argparse.Namespace, kind: Kind) -> None:
     new_labels = labels(args.label)
-    with snapshotter(args) as sn:
+    with snapshotter(args, create=True) as sn:
         if kind == Kind.VIEW:
             mounts = sn.view(args.key, parent=args.parent, labels=new_labels)
         else:
@@ -89,26 +98,44 @@ def cmd_view(args: argparse.Namespace) -> None:
 
 
 def cmd_commit(args: argparse.Namespace) -> None:
-    with snapshotter(args) as sn:
+    """Commit; a mounted snapshot is refused (writes through its mount would change
+    a committed layer), unless --force."""
+    with snapshotter(args, upperdir_label=not args.force) as sn:
+        if not args.force:
+            refuse_if_mounted(sn, args.key, "commit")
         sn.commit(args.name, args.key, labels=labels(args.label))
         info = sn.stat(args.name)
     if args.json:
-        print_json(snapshot_json(info))
+        print_json(snapshot_json(_without_upperdir(info)))
+
+
+def _without_upperdir(info: Info) -> Info:
+    from ..overlay import UPPERDIR_LABEL  # added by the check's snapshotter, not stored
+
+    return info.replace(labels={k: v for k, v in info.labels.items() if k != UPPERDIR_LABEL})
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    """Remove each key; a failure is reported and the rest still go (unlike ctr)."""
+    """Remove each key and say so; a failure is reported and the rest still go (unlike
+    ctr). A mounted snapshot is refused (its files would vanish under the mount),
+    unless --force."""
     code = EXIT_OK
     removed: list[str] = []
-    with snapshotter(args) as sn:
+    with snapshotter(args, upperdir_label=not args.force) as sn:
         for key in args.keys:
             try:
+                if not args.force:
+                    refuse_if_mounted(sn, key, "remove")
                 sn.remove(key)
-                removed.append(key)
             except (SnapshotError, OSError) as e:
-                kind = kind_of(e)
-                failed = fail(args, kind.code, f"{args.command}: {e}", kind.exit_code)
+                failed = report(args, args.command, e)
                 code = code or failed  # every failure reported; the first one's code
+            else:
+                removed.append(key)
+                if not args.json:
+                    print(f"removed {key}")
+    if args.json:
+        print_json({"removed": removed})
     return code
 
 
@@ -209,4 +236,16 @@ def cmd_tree(args: argparse.Namespace) -> None:
 
 def cmd_cleanup(args: argparse.Namespace) -> None:
     with snapshotter(args) as sn:
-        sn.cleanup()
+        if getattr(args, "address", None):
+            # containerd's Cleanup RPC has no dry run and answers nothing of what it removed
+            if args.dry_run:
+                raise UnimplementedError("cleanup --dry-run: a remote snapshotter cannot tell")
+            sn.cleanup()
+            return
+        paths = sn.cleanup(dry_run=args.dry_run)
+    if args.json:
+        print_json({"dry_run": args.dry_run, "removed": paths})
+        return
+    verb = "would remove" if args.dry_run else "removed"
+    for path in paths:
+        print(f"{verb} {path}")

@@ -15,6 +15,8 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 /* ---- getdents64 ---------------------------------------------------------- */
 
@@ -28,6 +30,25 @@ struct snap_dirent64 {
 
 static inline ssize_t snap_getdents64(int fd, void *buf, size_t n) {
     return syscall(SYS_getdents64, fd, buf, n);
+}
+
+/* ---- statx: du's one stat per entry (Linux 4.11; mount roots flagged since 5.8) */
+
+#ifndef STATX_ATTR_MOUNT_ROOT
+#define STATX_ATTR_MOUNT_ROOT 0x00002000
+#endif
+
+#define SNAP_STATX_MASK (STATX_TYPE | STATX_MODE | STATX_NLINK | STATX_INO | \
+                         STATX_SIZE | STATX_BLOCKS)
+
+/* lstat of dirfd/name; AT_NO_AUTOMOUNT as fstatat implies it. */
+static inline int snap_lstatx(int dirfd, const char *name, struct statx *stx) {
+    return statx(dirfd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, SNAP_STATX_MASK, stx);
+}
+
+/* st_dev's encoding of the device, so statx and stat(2) results compare. */
+static inline uint64_t snap_statx_dev(const struct statx *stx) {
+    return makedev(stx->stx_dev_major, stx->stx_dev_minor);
 }
 
 /* ---- relaxed atomics (du's workers: hints and progress counters) --------- */
@@ -44,6 +65,10 @@ static inline void snap_store_int(int *p, int v) {
 
 static inline uint64_t snap_load_u64(const uint64_t *p) {
     return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static inline void snap_store_u64(uint64_t *p, uint64_t v) {
+    __atomic_store_n(p, v, __ATOMIC_RELAXED);
 }
 
 static inline void snap_add_u64(uint64_t *p, uint64_t v) {

@@ -1,5 +1,5 @@
 # Declarations only: the C functions and constants snapcore calls.
-from libc.stdint cimport uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint16_t, uint32_t, uint64_t, int64_t
 from posix.types cimport mode_t, off_t, sigset_t
 from posix.time cimport timespec
 
@@ -47,6 +47,7 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_init(pthread_mutex_t *m, const pthread_mutexattr_t *attr)
     int pthread_mutex_destroy(pthread_mutex_t *m)
     int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_trylock(pthread_mutex_t *m)
     int pthread_mutex_unlock(pthread_mutex_t *m)
     int pthread_cond_init(pthread_cond_t *c, const pthread_condattr_t *attr)
     int pthread_cond_destroy(pthread_cond_t *c)
@@ -55,6 +56,24 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_signal(pthread_cond_t *c)
     int pthread_cond_broadcast(pthread_cond_t *c)
     int pthread_sigmask(int how, const sigset_t *newset, sigset_t *oldset)
+
+cdef extern from "<sys/resource.h>" nogil:
+    # du: how many fds it may open, and whether its threads wait on the disk
+    ctypedef unsigned long rlim_t
+    cdef struct rlimit:
+        rlim_t rlim_cur
+        rlim_t rlim_max
+    int getrlimit(int resource, rlimit *rlim)
+    int RLIMIT_NOFILE
+    rlim_t RLIM_INFINITY
+    cdef struct rusage:
+        long ru_nvcsw
+        long ru_nivcsw
+    int getrusage(int who, rusage *usage)
+    int RUSAGE_THREAD
+
+cdef extern from "<time.h>" nogil:
+    int nanosleep(const timespec *req, timespec *rem)
 
 cdef extern from "<sched.h>" nogil:
     # mount.pyx's fallback helper thread: its own cwd (unshare(CLONE_FS))
@@ -82,7 +101,20 @@ cdef extern from "includes/compat.h" nogil:
     int snap_load_int(const int *p)
     void snap_store_int(int *p, int v)
     uint64_t snap_load_u64(const uint64_t *p)
+    void snap_store_u64(uint64_t *p, uint64_t v)
     void snap_add_u64(uint64_t *p, uint64_t v)
+
+    # du's stat of an entry: statx with the fields du needs (the struct has more)
+    cdef struct statx:
+        uint64_t stx_attributes
+        uint32_t stx_nlink
+        uint16_t stx_mode
+        uint64_t stx_ino
+        uint64_t stx_size
+        uint64_t stx_blocks
+    int snap_lstatx(int dirfd, const char *name, statx *stx)
+    uint64_t snap_statx_dev(const statx *stx)
+    uint64_t STATX_ATTR_MOUNT_ROOT
 
     int snap_fsopen(const char *fsname, unsigned int flags)
     int snap_fsconfig(int fd, unsigned int cmd, const char *key, const void *value, int aux)

@@ -1,0 +1,31 @@
+"""Which mounts the tests made, read through pysnap.mountinfo (the one parser)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from pysnap import mountinfo
+from pysnap.mountinfo import MountEntry
+
+
+def mounts_at(target: str | os.PathLike[str]) -> list[MountEntry]:
+    """The mounts whose mount point is ``target`` (bottom first)."""
+    point = os.path.realpath(target)
+    return [e for e in mountinfo.read() if e.mount_point == point]
+
+
+def is_mounted(target: str | os.PathLike[str]) -> bool:
+    return bool(mounts_at(target))
+
+
+def detach_all_under(base: str | os.PathLike[str]) -> list[str]:
+    """Detach every mount at or under ``base``, deepest first; the mount points found."""
+    from snapcore import mount as _sys
+
+    points = sorted({e.mount_point for e in mountinfo.mounts_under(base)}, key=len, reverse=True)
+    for point in points:
+        with contextlib.suppress(OSError):
+            while True:  # stacked mounts: until umount2 says EINVAL (not mounted)
+                _sys.umount(point, _sys.MNT_DETACH)
+    return points
