@@ -324,6 +324,10 @@ def _always(info: Info) -> bool:
     return True
 
 
+#: What compile_filters() returns when every Info matches (walk() then skips the calls).
+MATCH_ALL = _always
+
+
 def _compile_selector(sel: Selector) -> Predicate:
     get = _getter(sel.fieldpath)
     op, want = sel.operator, sel.value

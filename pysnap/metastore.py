@@ -28,6 +28,16 @@ root itself, drops the child's own POSIX locks (closing any fd of a file drops
 them all). So in a forked child every inherited environment is dropped without
 closing and kept alive for good (even through interpreter shutdown), and the
 child may open the root afresh.
+
+``MetaStore.chains`` maps snapshot ids to the ids of their ancestors
+(immediate parent first), so that prepare, view and mounts on a deep chain
+need not read one record per layer (issue 14). It can never be stale: ids
+are never reused, it holds only chains that are final (every snapshot's but
+an ACTIVE one's without a parent, which commit may rebase), and only what
+committed transactions recorded (a write transaction's entries are
+merged after its commit: an aborted create's id is handed out again). It is
+a plain dict of this process, emptied when the ids it holds pass
+``CHAINS_MAX``.
 """
 
 from __future__ import annotations
@@ -69,6 +79,8 @@ _DB_META = b"meta"
 _DB_REFS = b"refs"
 META_SCHEMA = b"schema"
 META_LAST_ID = b"last_id"
+#: Ids held in MetaStore.chains (8 bytes each) before it is emptied.
+CHAINS_MAX = 1 << 22
 
 # The stores open in this process, for the fork hook.
 _OPEN: weakref.WeakSet[MetaStore] = weakref.WeakSet()
@@ -133,13 +145,26 @@ class Txn:
     it keeps the cost of a read transaction near py-lmdb's own).
     """
 
-    __slots__ = ("_ms", "ids", "meta", "parents", "refs", "snapshots", "txn", "write")
+    __slots__ = (
+        "_learned", "_ms", "chains", "ids", "meta", "parents", "refs", "snapshots", "txn", "write"
+    )  # fmt: skip
 
     def __init__(self, ms: MetaStore, txn: Any, write: bool) -> None:
         self._ms = ms
         self.txn = txn
         self.write = write
         self.snapshots, self.parents, self.ids, self.meta, self.refs = ms._dbs
+        self.chains = ms.chains
+        self._learned: list[tuple[int, tuple[int, ...]]] | None = None
+
+    def learn(self, sid: int, chain: tuple[int, ...]) -> None:
+        """Record in ``chains`` the ancestors of ``sid``, once committed."""
+        if not self.write:  # a read sees committed records only
+            self._ms.remember([(sid, chain)])
+        elif self._learned is None:
+            self._learned = [(sid, chain)]
+        else:
+            self._learned.append((sid, chain))
 
     def __enter__(self) -> Txn:
         return self
@@ -160,6 +185,8 @@ class Txn:
                 except lmdb.Error as e:
                     self._abort()
                     raise self._ms._error(e, "commit") from e
+                if self._learned:
+                    self._ms.remember(self._learned)
                 return
             self._abort()
             if isinstance(exc, lmdb.Error):
@@ -221,6 +248,8 @@ class MetaStore:
         self._idle = threading.Condition(self._lock)
         self._env: Any = None
         self._dbs: tuple[Any, Any, Any, Any, Any] = (None,) * 5
+        self.chains: dict[int, tuple[int, ...]] = {}
+        self._chain_ids = 0
         if not isinstance(map_size, int) or map_size <= 0:
             raise SnapshotError(f"map_size must be a positive int, not {map_size!r}")
         os.makedirs(self.path, mode=0o700, exist_ok=True)
@@ -350,6 +379,15 @@ class MetaStore:
             )
         return ClosedError(f"metadata store {self.path} is closed")
 
+    def remember(self, chains: list[tuple[int, tuple[int, ...]]]) -> None:
+        """Add committed ``(id, ancestors)`` pairs to ``chains``, within CHAINS_MAX."""
+        for sid, chain in chains:
+            self._chain_ids += len(chain) + 1
+            if self._chain_ids > CHAINS_MAX:
+                self.chains.clear()  # a dict, shared with no transaction's loop
+                self._chain_ids = len(chain) + 1
+            self.chains[sid] = chain
+
     def transaction(self, write: bool = False) -> Txn:
         """A context manager giving a :class:`Txn`.
 
@@ -384,6 +422,28 @@ class MetaStore:
         if self._env is None:  # close() may be waiting
             with self._lock:
                 self._idle.notify_all()
+
+    def get_record(self, name: bytes) -> bytes | None:
+        """The ``snapshots`` record stored under ``name``, read in a transaction of its own.
+
+        Stat's hot path: no :class:`Txn`, no context manager, one begin, get
+        and abort (LMDB keeps the reader slot, py-lmdb the spare transaction).
+
+        Raises:
+            ClosedError: the store is closed (or was opened before a fork).
+        """
+        env = self._enter()
+        try:
+            txn = env.begin(None, None, False)
+            try:
+                raw: bytes | None = txn.get(name, None, self._dbs[0])
+            finally:
+                txn.abort()
+        except lmdb.Error as e:
+            raise self._error(e, "read") from e
+        finally:
+            self._leave()
+        return raw
 
     def sync(self) -> None:
         """Flush the environment to disk (meaningful with ``sync=False``)."""

@@ -11,6 +11,15 @@ transaction that records the change is held (as containerd's overlay.go
 does), so a cleanup() in another thread or process never reaps a create that
 is in flight. Long work, the usage walk of commit, runs outside any write
 transaction and is re-checked inside it.
+
+Durability (issue 14): a durable call syncs its LMDB transaction only (two
+flushes, as a bolt commit). A new snapshot's directories are empty, so they
+are not synced: recovery remakes them instead. When a snapshot is next used
+(mounts, a prepare or view on it, commit), directories a power loss lost are
+recreated exactly as prepare made them for an ACTIVE or VIEW record, or for a
+COMMITTED one whose stored usage says it was empty; any other COMMITTED record
+without its directory is CorruptStoreError, never an empty layer. Nothing
+scans the records at open.
 """
 
 from __future__ import annotations
@@ -29,13 +38,14 @@ from snapcore import du
 from . import kernel, overlayopts, storage
 from .errors import (
     AlreadyExistsError,
+    CorruptStoreError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
 )
-from .filters import compile_filters
+from .filters import MATCH_ALL, compile_filters
 from .fsutil import remove_tree
-from .metastore import DEFAULT_MAP_SIZE, MetaStore
+from .metastore import DEFAULT_MAP_SIZE, MetaStore, Txn
 from .mounts import Mount
 from .types import Info, Kind, Usage
 
@@ -47,6 +57,9 @@ UPPERDIR_LABEL = "containerd.io/snapshot/overlay.upperdir"
 # would take Arabic-Indic and superscript digits), a create's temporary directory, a remove's.
 _ID_NAME = re.compile(r"[1-9][0-9]*")
 _OWN_NAME = re.compile(r"[1-9][0-9]*|new-.*|rm-.*", re.DOTALL)
+
+#: Characters of lowerdir values OverlaySnapshotter keeps before it empties them.
+_LOWERDIRS_MAX = 8 << 20
 
 Labels = Mapping[str, str] | None
 Progress = Callable[[int, int], object] | None
@@ -117,8 +130,9 @@ class OverlaySnapshotter:
         if new_root:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(self._snapshots, 0o700)
-        self._sync = sync
         self._async_remove = async_remove
+        self._lowerdirs: dict[int, str] = {}  # top parent id -> lowerdir value
+        self._lowerdir_chars = 0
         self._upperdir_label = upperdir_label
         self._adopt_layers = adopt_layers
         self._options = overlayopts.default_options(mount_options)
@@ -164,8 +178,7 @@ class OverlaySnapshotter:
 
     def stat(self, key: str) -> Info:
         """Info of the snapshot ``key``, of any kind. Raises NotFoundError."""
-        with self._ms.transaction() as tx:
-            sid, info, _ = storage.get_info(tx, key)
+        sid, info, _ = storage.stat(self._ms, key)
         return self._labelled(sid, info) if self._upperdir_label else info
 
     def usage(self, key: str, progress: Progress = None) -> Usage:
@@ -194,6 +207,10 @@ class OverlaySnapshotter:
             raise FailedPreconditionError(
                 f"mounts {key!r}: snapshot is committed; create a view of it to mount it"
             )
+        if not self._dirs_present(snap.id, snap.kind):
+            with self._ms.transaction(write=True) as tx:
+                self._restore(tx, key)
+                snap = storage.get_snapshot(tx, key)  # the record as it is now
         return self._mounts(snap)
 
     def walk(self, *filters: str) -> list[Info]:
@@ -204,7 +221,9 @@ class OverlaySnapshotter:
         """
         match = compile_filters(*filters)
         with self._ms.transaction() as tx:
-            infos = [i for i in storage.walk_info(tx) if match(i)]
+            infos = storage.walk_info(tx)
+            if match is not MATCH_ALL:
+                infos = [i for i in infos if match(i)]
             if not self._upperdir_label:
                 return infos
             ids = {name: sid for sid, name in storage.id_map(tx).items()}
@@ -255,9 +274,7 @@ class OverlaySnapshotter:
             try:
                 usage = Usage(*du.disk_usage(self._upper(sid)))
             except FileNotFoundError:
-                raise NotFoundError(
-                    f"commit {key!r}: snapshot was removed during the usage walk"
-                ) from None
+                usage = self._restore_for_commit(key, sid)
         with self._ms.transaction(write=True) as tx:
             storage.commit_active(tx, key, name, usage, labels, sid, parent or "")
 
@@ -336,7 +353,11 @@ class OverlaySnapshotter:
         return f"{self._snapshots}/{sid}/fs"
 
     def _labelled(self, sid: int, info: Info) -> Info:
-        return info.replace(labels={**info.labels, UPPERDIR_LABEL: self._upper(sid)})
+        # Built as the decoder builds an Info: Info(...)/replace() take keywords
+        # and convert every field, which would cost stat more than the read.
+        kind, name, parent, labels, created, updated = info
+        labels = {**labels, UPPERDIR_LABEL: self._upper(sid)}
+        return tuple.__new__(Info, (kind, name, parent, labels, created, updated))
 
     def _create(self, kind: Kind, key: str, parent: str, labels: Labels) -> list[Mount]:
         ref = (
@@ -358,32 +379,104 @@ class OverlaySnapshotter:
                         f"{parent!r} has {storage.REF_LABEL}={ref} (a layer to adopt)"
                     )
             snap = storage.create_snapshot(tx, kind, key, parent, labels)
-            tmp = tempfile.mkdtemp(prefix="new-", dir=self._snapshots)
-            undo.callback(remove_tree, tmp)
-            self._make_dirs(tmp, snap)
-            path = self._dir(snap.id)
-            remove_tree(path)  # leftover of a create that crashed before its commit
-            os.rename(tmp, path)
+            owner = self._parent_owner(tx, parent, snap.parent_ids)
+            # Not synced (see the module docstring): _restore() remakes them.
+            path = self._make_snapshot_dir(snap.id, kind, owner, undo)
             undo.callback(remove_tree, path)
-            if self._sync:
-                _fsync_dir(self._snapshots)
             mounts = self._mounts(snap)
             undo.pop_all()  # about to commit: keep everything
         return mounts
 
-    def _make_dirs(self, tmp: str, snap: storage.Snapshot) -> None:
-        fs = os.path.join(tmp, "fs")
-        os.mkdir(fs)
-        os.chmod(fs, 0o755)  # whatever the umask
-        if snap.parent_ids:
-            st = os.stat(self._upper(snap.parent_ids[0]))
-            os.lchown(fs, st.st_uid, st.st_gid)
-        if snap.kind == Kind.ACTIVE:
-            work = os.path.join(tmp, "work")
+    def _parent_owner(
+        self, tx: Txn, parent: str, parent_ids: Sequence[int]
+    ) -> os.stat_result | None:
+        """The stat of the immediate parent's fs (a new fs is owned alike); restored if lost."""
+        if not parent_ids:
+            return None
+        try:
+            return os.stat(self._upper(parent_ids[0]))
+        except FileNotFoundError:
+            self._restore(tx, parent)
+            return os.stat(self._upper(parent_ids[0]))
+
+    def _make_snapshot_dir(
+        self, sid: int, kind: Kind, owner: os.stat_result | None, undo: contextlib.ExitStack
+    ) -> str:
+        """``snapshots/<sid>`` made in a temporary directory, then renamed into place."""
+        tmp = tempfile.mkdtemp(prefix="new-", dir=self._snapshots)
+        undo.callback(remove_tree, tmp)
+        self._make_dirs(tmp, kind, owner)
+        path = self._dir(sid)
+        remove_tree(path)  # leftover of a create that crashed before its commit
+        os.rename(tmp, path)
+        return path
+
+    def _make_dirs(self, path: str, kind: Kind, owner: os.stat_result | None) -> None:
+        """In ``path``, those of ``fs`` (0755, owned like ``owner``) and, unless
+        ``kind`` is VIEW, ``work`` (0711) that are missing, as prepare makes them."""
+        fs = os.path.join(path, "fs")
+        if not os.path.isdir(fs):
+            os.mkdir(fs)
+            os.chmod(fs, 0o755)  # whatever the umask
+            if owner is not None:
+                os.lchown(fs, owner.st_uid, owner.st_gid)
+        work = os.path.join(path, "work")
+        if kind != Kind.VIEW and not os.path.isdir(work):
             os.mkdir(work)
             os.chmod(work, 0o711)
-        if self._sync:
-            _fsync_dir(tmp)
+
+    def _dirs_present(self, sid: int, kind: Kind) -> bool:
+        d = self._dir(sid)
+        return os.path.isdir(f"{d}/fs") and (kind == Kind.VIEW or os.path.isdir(f"{d}/work"))
+
+    def _restore(self, tx: Txn, key: str) -> None:
+        """Recreate the directories of ``key`` and of its ancestors that a power loss lost.
+
+        Called in a write transaction (no remove or cleanup can run meanwhile).
+        An ACTIVE or VIEW snapshot, or a COMMITTED one whose stored usage says
+        its upper directory was empty, gets them back exactly as prepare made
+        them (a COMMITTED one was made ACTIVE: fs and work).
+
+        Raises:
+            NotFoundError: no snapshot ``key``.
+            CorruptStoreError: a COMMITTED snapshot with files lost its directory.
+        """
+        lost: list[tuple[int, Kind, str]] = []  # (id, kind, parent name), tip first
+        while key:
+            sid, info, usage = storage.get_info(tx, key)
+            if self._dirs_present(sid, info.kind):
+                break
+            if info.kind == Kind.COMMITTED and usage.inodes > 1:
+                if not os.path.isdir(self._upper(sid)):
+                    raise CorruptStoreError(
+                        f"snapshot {key!r}: its upper directory {self._upper(sid)} is missing, "
+                        f"but its stored usage counts {usage.inodes} inodes: the layer's files "
+                        "are lost (remove the snapshot, or restore the root from a backup)"
+                    )
+            lost.append((sid, info.kind, info.parent))
+            key = info.parent
+        for sid, kind, parent in reversed(lost):  # the base first: owners come from parents
+            owner = os.stat(self._upper(storage.get_info(tx, parent)[0])) if parent else None
+            log.warning("snapshot %d: recreating its directories, lost by a power loss", sid)
+            if os.path.isdir(self._dir(sid)):
+                self._make_dirs(self._dir(sid), kind, owner)
+            else:
+                with contextlib.ExitStack() as undo:
+                    self._make_snapshot_dir(sid, kind, owner, undo)
+                    undo.pop_all()
+
+    def _restore_for_commit(self, key: str, sid: int) -> Usage:
+        """commit's walk found no upper directory: restore it if ``key`` is still ``sid``."""
+        with self._ms.transaction(write=True) as tx:
+            if storage.get_info(tx, key)[0] != sid:
+                raise NotFoundError(f"commit {key!r}: snapshot was removed during the usage walk")
+            self._restore(tx, key)
+        try:
+            return Usage(*du.disk_usage(self._upper(sid)))
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"commit {key!r}: snapshot was removed during the usage walk"
+            ) from None
 
     def _mounts(self, snap: storage.Snapshot) -> list[Mount]:
         parents = snap.parent_ids
@@ -392,14 +485,36 @@ class OverlaySnapshotter:
             return [Mount(type="bind", source=self._upper(snap.id), options=(mode, "rbind"))]
         if snap.kind == Kind.VIEW and len(parents) == 1:
             return [Mount(type="bind", source=self._upper(parents[0]), options=("ro", "rbind"))]
-        # inline: a 1,000-deep chain makes 1,000 of these, and calls add up
-        lowers = [f"{self._snapshots}/{p}/fs" for p in parents]
+        lowers = self._lowerdir(parents)
         if snap.kind == Kind.ACTIVE:
             upper, work = self._upper(snap.id), f"{self._dir(snap.id)}/work"
             options = overlayopts.build(lowers, upper, work, self._options)
         else:
             options = overlayopts.build(lowers, extra=self._options)
         return [Mount(type="overlay", source="overlay", options=options)]
+
+    def _lowerdir(self, parents: tuple[int, ...]) -> str:
+        """The upper directories of ``parents`` joined with ":", kept by the top id.
+
+        Never stale: a committed snapshot's parents never change and its id is
+        never reused. A chain one layer deeper than a kept one costs one
+        concatenation, not one path per layer (prepare on a 1,000-deep chain).
+        """
+        top = parents[0]
+        kept = self._lowerdirs.get(top)
+        if kept is not None:
+            return kept
+        below = self._lowerdirs.get(parents[1]) if len(parents) > 1 else ""
+        if below is None:
+            kept = ":".join([f"{self._snapshots}/{p}/fs" for p in parents])
+        else:
+            kept = f"{self._snapshots}/{top}/fs" + (":" + below if below else "")
+        self._lowerdir_chars += len(kept)
+        if self._lowerdir_chars > _LOWERDIRS_MAX:
+            self._lowerdirs.clear()
+            self._lowerdir_chars = len(kept)
+        self._lowerdirs[top] = kept
+        return kept
 
     def _remove_dirs(self, paths: list[str]) -> set[str]:
         """Remove each tree; the ones removed (a failure is logged; cleanup() retries)."""
@@ -412,11 +527,3 @@ class OverlaySnapshotter:
             else:
                 removed.add(path)
         return removed
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

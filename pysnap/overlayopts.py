@@ -72,24 +72,25 @@ def default_options(options: Sequence[str]) -> tuple[str, ...]:
 
 
 def build(
-    lowers: Sequence[str],
+    lowerdir: str,
     upper: str | None = None,
     work: str | None = None,
     extra: Sequence[str] = (),
 ) -> tuple[str, ...]:
     """The options of an overlay mount pysnap hands out: ``workdir``, ``upperdir``,
-    ``lowerdir`` (top first), then ``extra``.
+    ``lowerdir`` (the lower layers joined with ":", top first), then ``extra``.
 
     The paths are written as they are: they must need no escape (under a root
-    that :func:`check_root` accepted, none does). Kept to joins, since a
-    1,000-deep chain builds 1,000 paths.
+    that :func:`check_root` accepted, none does). The caller joins the
+    lowers, so that it can keep a 1,000-deep chain's value instead of
+    building 1,000 paths per call.
     """
     options: list[str] = []
     if work is not None:
         options.append(f"workdir={work}")
     if upper is not None:
         options.append(f"upperdir={upper}")
-    options.append("lowerdir=" + ":".join(lowers))
+    options.append("lowerdir=" + lowerdir)
     options.extend(extra)
     return tuple(options)
 

@@ -30,7 +30,7 @@ from .errors import (
     NotFoundError,
     SnapshotError,
 )
-from .metastore import META_LAST_ID, Txn
+from .metastore import META_LAST_ID, MetaStore, Txn
 from .types import Info, Kind, Usage
 
 keys.register_types(Info, Usage, Kind)
@@ -157,23 +157,45 @@ def _load(tx: Txn, key: str, kb: bytes) -> tuple[int, int, str, dict[str, str], 
     return _record(key, raw)
 
 
-def _parent_ids(tx: Txn, parent: str) -> list[int]:
-    """The ids of ``parent`` and its ancestors, immediate parent first."""
+def _final_chain(kind: int, parent: str) -> bool:
+    """Whether a snapshot's parents are set for good: all but an ACTIVE one without
+    a parent, which commit may still give one (containerd 2.2's rebase)."""
+    return parent != "" or kind != Kind.ACTIVE
+
+
+def _ancestors(tx: Txn, sid: int, kind: int, parent: str) -> tuple[int, ...]:
+    """The ids of the ancestors of snapshot ``sid``, whose parent is named ``parent``.
+
+    Immediate parent first. From ``tx.chains`` (id -> this tuple, never stale:
+    see pysnap.metastore) when it knows ``sid``; else the records are read by
+    name until an ancestor it knows, and ``sid``'s chain is learnt if final.
+    """
+    chains = tx.chains
+    known = chains.get(sid)
+    if known is not None:
+        return known
     get, db = tx.txn.get, tx.snapshots
     ids: list[int] = []
+    rest: tuple[int, ...] = ()
     name = parent.encode()
     while name:
         raw = get(name, None, db)
         if raw is None:
             raise CorruptStoreError(f"metadata store corrupt: parent snapshot {name!r} is missing")
         try:
-            sid, name = _decode_link(raw)
+            p, name = _decode_link(raw)
         except _RecordError as e:
             raise _corrupt(name.decode(errors="replace"), e) from e
-        ids.append(sid)
+        ids.append(p)
+        if (known := chains.get(p)) is not None:
+            rest = known
+            break
         if len(ids) > _MAX_DEPTH:
             raise CorruptStoreError("metadata store corrupt: parent chain loops")
-    return ids
+    chain = (*ids, *rest)
+    if _final_chain(kind, parent):
+        tx.learn(sid, chain)
+    return chain
 
 
 def _next_id(tx: Txn) -> int:
@@ -283,7 +305,7 @@ def create_snapshot(
     txn, db = tx.txn, tx.snapshots
     if txn.get(kb, None, db) is not None:
         raise AlreadyExistsError(f"snapshot {key!r} already exists")
-    parent_ids: list[int] = []
+    parent_ids: tuple[int, ...] = ()
     if parent:
         raw = txn.get(pb, None, db)
         if raw is None:
@@ -293,14 +315,16 @@ def create_snapshot(
             raise InvalidArgumentError(
                 f"snapshot {key!r}: parent {parent!r} is not a committed snapshot"
             )
-        parent_ids = [rec[0], *_parent_ids(tx, rec[2])]
+        parent_ids = (rec[0], *_ancestors(tx, rec[0], rec[1], rec[2]))
     sid = _next_id(tx)
     now = time.time_ns()
     txn.put(kb, keys.encode_record(sid, kind, parent, clean, now, now), db=db)
     txn.put(keys.id_key(sid), kb, db=tx.ids)
     if parent_ids:
         txn.put(keys.parent_key(parent_ids[0], sid), b"", db=tx.parents)
-    return Snapshot(sid, kind, tuple(parent_ids))
+    if _final_chain(kind, parent):
+        tx.learn(sid, parent_ids)
+    return Snapshot(sid, kind, parent_ids)
 
 
 def get_snapshot(tx: Txn, key: str) -> Snapshot:
@@ -310,7 +334,7 @@ def get_snapshot(tx: Txn, key: str) -> Snapshot:
         NotFoundError: no snapshot ``key``.
     """
     rec = _load(tx, key, _key_bytes(key))
-    return Snapshot(rec[0], _KINDS[rec[1]], tuple(_parent_ids(tx, rec[2])))  # type: ignore[arg-type]
+    return Snapshot(rec[0], _KINDS[rec[1]], _ancestors(tx, rec[0], rec[1], rec[2]))  # type: ignore[arg-type]
 
 
 def get_info(tx: Txn, key: str) -> tuple[int, Info, Usage]:
@@ -329,6 +353,30 @@ def get_info(tx: Txn, key: str) -> tuple[int, Info, Usage]:
         raise
     if raw is None:
         _key_bytes(key)
+        raise NotFoundError(f"snapshot {key!r} does not exist")
+    try:
+        return _decode_info(key, raw)
+    except _RecordError as e:
+        raise _corrupt(key, e) from e
+
+
+def stat(ms: MetaStore, key: str) -> tuple[int, Info, Usage]:
+    """:func:`get_info` in a read transaction of its own: the fastest way to one Info.
+
+    Raises:
+        NotFoundError: no snapshot ``key``.
+        InvalidArgumentError: ``key`` is not a valid key.
+    """
+    try:
+        kb = key.encode()
+    except (AttributeError, UnicodeEncodeError):
+        _key_bytes(key)
+        raise
+    if not kb or len(kb) > MAX_KEY_BYTES:  # LMDB would refuse them
+        _key_bytes(key)
+    raw = ms.get_record(kb)
+    if raw is None:
+        _key_bytes(key)  # a NUL in it, rather
         raise NotFoundError(f"snapshot {key!r} does not exist")
     try:
         return _decode_info(key, raw)

@@ -625,3 +625,67 @@ def test_reader_check_error_is_snapshot_error(
         MetaStore(tmp_path)
     assert isinstance(e.value.__cause__, lmdb.Error)
     assert closed == [True]
+
+
+# ---- the chains of parent ids kept by the store (issue 14) ---------------------
+
+
+def _parent_ids(ms: MetaStore, key: str) -> tuple[int, ...]:
+    with ms.transaction() as tx:
+        return storage.get_snapshot(tx, key).parent_ids
+
+
+def test_chains_never_keep_an_aborted_create(ms: MetaStore) -> None:
+    """An aborted create's id is handed out again, with another parent."""
+    p1 = committed(ms, "p1")
+    p2 = committed(ms, "p2", "p1")
+    with pytest.raises(RuntimeError), ms.transaction(write=True) as tx:
+        aborted = storage.create_snapshot(tx, A, "x", "p2", None)
+        assert aborted.parent_ids == (p2, p1)
+        raise RuntimeError("abort")
+    again = create(ms, A, "y", "p1")
+    assert again.id == aborted.id
+    assert _parent_ids(ms, "y") == (p1,)
+
+
+def test_chains_match_the_records_after_being_emptied(
+    ms: MetaStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("pysnap.metastore.CHAINS_MAX", 12)
+    ids = [committed(ms, "c0")]
+    for i in range(1, 8):
+        ids.append(committed(ms, f"c{i}", f"c{i - 1}"))
+    for i in range(8):
+        assert _parent_ids(ms, f"c{i}") == tuple(reversed(ids[:i]))
+    assert sum(len(c) + 1 for c in ms.chains.values()) <= 12
+
+
+def test_chains_of_another_process_are_read_from_records(tmp_path: Path) -> None:
+    with MetaStore(tmp_path) as ms:
+        base = committed(ms, "base")
+        code = textwrap.dedent(
+            f"""
+            from pysnap import storage
+            from pysnap.metastore import MetaStore
+            from pysnap.types import Kind, Usage
+            with MetaStore({str(tmp_path)!r}) as ms, ms.transaction(write=True) as tx:
+                storage.remove(tx, "base")
+                storage.create_snapshot(tx, Kind.ACTIVE, "b-a", "", None)
+                storage.commit_active(tx, "b-a", "base", Usage(), None)
+                storage.create_snapshot(tx, Kind.ACTIVE, "tip", "base", None)
+            """
+        )
+        subprocess.run([sys.executable, "-c", code], check=True)
+        new_base = info(ms, "base")[0]
+        assert new_base != base
+        assert _parent_ids(ms, "tip") == (new_base,)
+
+
+def test_chains_never_keep_a_parentless_active_that_commit_may_rebase(ms: MetaStore) -> None:
+    p = committed(ms, "p")
+    layer = create(ms, A, "layer")
+    assert _parent_ids(ms, "layer") == ()  # read, and not kept
+    with ms.transaction(write=True) as tx:
+        storage.commit_active(tx, "layer", "c", Usage(), None, parent="p")
+    assert _parent_ids(ms, "c") == (p,)
+    assert ms.chains[layer.id] == (p,)

@@ -585,6 +585,11 @@ def test_bad_input_changes_nothing(sn: OverlaySnapshotter) -> None:
         (InvalidArgumentError, lambda: sn.prepare("x" * 512)),
         (InvalidArgumentError, lambda: sn.prepare("a\0b")),
         (InvalidArgumentError, lambda: sn.view("\udcff")),
+        (InvalidArgumentError, lambda: sn.stat("")),
+        (InvalidArgumentError, lambda: sn.stat("x" * 512)),
+        (InvalidArgumentError, lambda: sn.stat("a\0b")),
+        (InvalidArgumentError, lambda: sn.stat("\udcff")),
+        (NotFoundError, lambda: sn.stat("missing")),
         (NotFoundError, lambda: sn.prepare("x", "missing")),
         (InvalidArgumentError, lambda: sn.prepare("x", "act")),
         (InvalidArgumentError, lambda: sn.view("x", "v")),
@@ -754,3 +759,27 @@ def test_open_of_an_existing_root_writes_nothing(tmp_path: Path) -> None:
         ]
     finally:
         unmount_all(disk, detach=True)
+
+
+@pytest.mark.parametrize("limit", [8 << 20, 200])
+def test_lowerdir_of_kept_chains_matches_the_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    """lowerdir values kept per chain (emptied past a limit) are the layers' upper dirs."""
+    monkeypatch.setattr("pysnap.overlay._LOWERDIRS_MAX", limit)
+    with OverlaySnapshotter(tmp_path / "a", upperdir_label=True) as sn:
+        uppers: list[str] = []
+        parent = ""
+        for i in range(6):
+            sn.prepare(f"a{i}", parent)
+            uppers.insert(0, sn.stat(f"a{i}").labels[UPPERDIR_LABEL])
+            sn.commit(f"c{i}", f"a{i}")
+            parent = f"c{i}"
+            for key, kind in ((f"v{i}", "view"), (f"t{i}", "prepare")):
+                getattr(sn, kind)(key, parent)
+                (m,) = sn.mounts(key)
+                want = ":".join(uppers)
+                if kind == "view" and i == 0:  # one parent: a bind of it
+                    assert m.source == want
+                else:
+                    assert f"lowerdir={want}" in m.options
