@@ -36,7 +36,7 @@ from containerd_env import (
 from test_snapshotter import IMPLS  # in process and served over gRPC
 
 from pysnap import Info, Kind, OverlaySnapshotter, Usage, storage
-from pysnap.errors import AlreadyExistsError, InvalidArgumentError
+from pysnap.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 
 REF = "containerd.io/snapshot.ref"
 C0 = "sha256:" + "0" * 63 + "a"
@@ -228,23 +228,44 @@ def committed(env: ContainerdEnv) -> dict[str, str]:
         return {i.name: i.parent for i in backend.walk("kind==committed")}
 
 
-def adopt(env: ContainerdEnv, chains: list[str]) -> None:
-    """Per layer, what containerd's unpacker sends (CRI pulls; 2.x's transfer service)."""
+GC_ROOT = "containerd.io/gc.root"
+
+
+def adopt(env: ContainerdEnv, chains: list[str], *, pin: bool) -> None:
+    """Per layer, what containerd's unpacker sends (CRI pulls; 2.x's transfer service).
+
+    ``pin``: also label containerd's record of the layer ``containerd.io/gc.root``
+    (containerd keeps the label; only snapshot labels reach pysnap), so no
+    collection removes it before an image references it.
+    """
     with env.through_containerd() as ctd:
         for parent, chain in zip(["", *chains[:-1]], chains, strict=True):
+            labels = {REF: chain, **({GC_ROOT: "adopted"} if pin else {})}
             with pytest.raises(AlreadyExistsError):
-                ctd.prepare(f"extract-{uuid.uuid4().hex} {chain}", parent, labels={REF: chain})
+                ctd.prepare(f"extract-{uuid.uuid4().hex} {chain}", parent, labels=labels)
             info = ctd.stat(chain)  # containerd recorded the adopted layer under its chain ID
             assert (info.kind, info.parent, info.labels[REF]) == (Kind.COMMITTED, parent, chain)
+            assert (GC_ROOT in info.labels) == pin
+    assert all(GC_ROOT not in p for p in requests(env, "Prepare"))  # containerd's own label
     walks = requests(env, "List")
     for parent, chain in zip(["", *chains[:-1]], chains, strict=True):
         assert any(f'filters: "{containerd_filter(chain, parent)}"' in w for w in walks), walks
 
 
-def run_and_collect(env: ContainerdEnv, image: Image, greeting: str) -> None:
-    """``ctr run --rm``; its snapshot's removal makes containerd collect pysnap's root."""
-    assert env.run(image.ref, "adopt-run").stdout == greeting + "\n"
-    # the collection ends with a Cleanup call (metadata/snapshot.go garbageCollect)
+def import_(env: ContainerdEnv, image: Image, *options: str) -> None:
+    env.ctr("images", "import", *options, "--base-name", image.base_name, str(image.tar))
+
+
+def collected(env: ContainerdEnv) -> None:
+    """Run containerd's collector now and wait for it to finish with pysnap's root.
+
+    The scheduler may pass over a removal made while a collection runs, so one
+    is asked for (a lease deleted with --sync); it collects pysnap's root when a
+    pysnap snapshot was removed, and ends that with a Cleanup call
+    (metadata/snapshot.go garbageCollect)."""
+    lease = f"collect-{uuid.uuid4().hex}"
+    env.ctr("leases", "create", "--id", lease)
+    env.ctr("leases", "rm", "--sync", lease)
     wait_until(lambda: bool(requests(env, "Cleanup")), what="containerd's collection")
 
 
@@ -258,32 +279,48 @@ def test_containerd_adopts_the_unpacked_layers_and_runs_them(tmp_path: Path) -> 
     with containerd_env(ADOPTING_SERVER) as env:
         chains = pysnap_unpack(env.pysnap_root, image.tar)
         assert committed(env) == layers_of(chains)
-        adopt(env, chains)
-        env.ctr("images", "import", "--no-unpack", "--base-name", image.base_name, str(image.tar))
+        adopt(env, chains, pin=True)
+        import_(env, image, "--no-unpack")
         assert env.run(image.ref, "adopt-run").stdout == "adopted\n"
         # no layer was applied: no Commit reached pysnap, and only the rootfs was prepared
         assert requests(env, "Commit") == []
         prepared = [p for p in requests(env, "Prepare") if "extract-" not in p]
         assert len(prepared) == 1 and f'parent: "{chains[-1]}"' in prepared[0]
-        # nothing references the layers now: --no-unpack set no gc.ref label on the
-        # image, and the adopting prepares held no lease; the run's removal of its
-        # rootfs makes containerd collect them, from pysnap's root too (README)
-        wait_until(lambda: bool(requests(env, "Cleanup")), what="containerd's collection")
-        assert committed(env) == {}
+        collected(env)  # the run's rootfs removed; the pinned layers stay
+        assert committed(env) == layers_of(chains)
 
 
 @containerd_only
-def test_import_after_adoption_applies_nothing_and_pins_the_layers(tmp_path: Path) -> None:
-    image = build_busybox_image(tmp_path / "img", greeting="pinned")
+def test_unpinned_adopted_layers_go_at_the_next_collection(tmp_path: Path) -> None:
+    image = build_busybox_image(tmp_path / "img", greeting="unpinned")
     with containerd_env(ADOPTING_SERVER) as env:
         chains = pysnap_unpack(env.pysnap_root, image.tar)
-        adopt(env, chains)
+        adopt(env, chains, pin=False)
+        # --no-unpack sets no gc.ref label on the image: the next collection (any
+        # deletion starts one, the import's own lease among them) finds the adopted
+        # records unreferenced
+        import_(env, image, "--no-unpack")
+        collected(env)
+        assert committed(env) == {}  # removed from pysnap's root too (README)
+        with env.through_containerd() as ctd, pytest.raises(NotFoundError):
+            ctd.stat(chains[-1])
+
+
+@containerd_only
+def test_import_after_adoption_applies_nothing_and_keeps_the_layers(tmp_path: Path) -> None:
+    image = build_busybox_image(tmp_path / "img", greeting="kept")
+    with containerd_env(ADOPTING_SERVER) as env:
+        chains = pysnap_unpack(env.pysnap_root, image.tar)
+        adopt(env, chains, pin=True)
         # 1.6's image.Unpack finds every chain ID in containerd and labels the image's
-        # config with containerd.io/gc.ref.snapshot.pysnap=<top>
-        env.ctr("images", "import", "--snapshotter", SNAPSHOTTER,
-                "--base-name", image.base_name, str(image.tar))  # fmt: skip
+        # config with containerd.io/gc.ref.snapshot.pysnap=<top>: the pins can go
+        import_(env, image, "--snapshotter", SNAPSHOTTER)
         assert requests(env, "Commit") == []
-        run_and_collect(env, image, "pinned")
+        with env.through_containerd() as ctd:
+            for chain in chains:
+                ctd.update(Info(name=chain, labels={}), f"labels.{GC_ROOT}")
+        assert env.run(image.ref, "kept-run").stdout == "kept\n"
+        collected(env)
         assert committed(env) == layers_of(chains)
 
 
@@ -293,13 +330,13 @@ def test_containerd_16_import_of_held_layers_applies_them_again(tmp_path: Path) 
     with containerd_env(ADOPTING_SERVER) as env:
         chains = pysnap_unpack(env.pysnap_root, image.tar)
         # 1.6's ctr import unpacks with image.Unpack, whose prepares carry no ref label
-        env.ctr("images", "import", "--snapshotter", SNAPSHOTTER,
-                "--base-name", image.base_name, str(image.tar))  # fmt: skip
+        import_(env, image, "--snapshotter", SNAPSHOTTER)
         assert all("snapshot.ref" not in p for p in requests(env, "Prepare"))
         assert len(requests(env, "Commit")) == len(chains)  # every layer applied again
         again = {n for n in committed(env) if n not in chains}
         assert len(again) == len(chains) and all(n.startswith("default/") for n in again)
-        run_and_collect(env, image, "again")
+        assert env.run(image.ref, "again-run").stdout == "again\n"
+        collected(env)
         # containerd knew only its own copies: the collection removed pysnap's
         assert set(committed(env)) == again
 
