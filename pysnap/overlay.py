@@ -40,6 +40,7 @@ from .archive import Layer, guard
 from .archive.apply import LayerSource, apply_to_snapshot
 from .archive.diff import LayerTarget, diff_upper
 from .errors import (
+    AlreadyExistsError,
     CorruptStoreError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -75,6 +76,13 @@ class OverlaySnapshotter:
     ``map_size`` is the metadata store's address-space limit in bytes (the
     file is sparse); a store that fills it raises MapFullError.
 
+    ``adopt_layers``: containerd's remote-snapshot protocol (its
+    docs/snapshotters/remote-snapshotter.md). A ``prepare`` or ``view``
+    labelled ``containerd.io/snapshot.ref=T`` raises AlreadyExistsError when
+    a COMMITTED snapshot labelled so sits on the requested parent, and
+    creates nothing; containerd then finds that snapshot with ``walk`` and
+    takes it as the layer, applying nothing.
+
     Raises (opening):
         InvalidArgumentError: a root path overlay options cannot carry.
         FailedPreconditionError: ``snapshots/`` is a symlink; the metadata
@@ -92,6 +100,7 @@ class OverlaySnapshotter:
         mount_options: Sequence[str] = (),
         upperdir_label: bool = False,
         map_size: int = DEFAULT_MAP_SIZE,
+        adopt_layers: bool = False,
     ) -> None:
         self.root = os.path.abspath(os.fspath(root))
         overlayopts.check_root(self.root)  # its paths go into overlay options as they are
@@ -115,7 +124,11 @@ class OverlaySnapshotter:
         # The meta record is written before snapshots/ exists: a store without
         # one next to snapshot directories is a lost store, never a new one.
         self._ms = MetaStore(
-            self.root, sync=sync, map_size=map_size, on_new_store=self._refuse_lost_store
+            self.root,
+            sync=sync,
+            map_size=map_size,
+            on_new_store=self._refuse_lost_store,
+            on_new_refs=storage.build_ref_index,
         )
         if new_root:
             with contextlib.suppress(FileExistsError):
@@ -125,6 +138,7 @@ class OverlaySnapshotter:
         self._lowerdirs: dict[int, str] = {}  # top parent id -> lowerdir value
         self._lowerdir_chars = 0
         self._upperdir_label = upperdir_label
+        self._adopt_layers = adopt_layers
         self._options = overlayopts.default_options(mount_options)
 
     def _refuse_lost_store(self, found: str) -> None:
@@ -225,8 +239,10 @@ class OverlaySnapshotter:
     def prepare(self, key: str, parent: str = "", labels: Labels = None) -> list[Mount]:
         """Create an ACTIVE snapshot ``key`` on the COMMITTED ``parent``; its mounts.
 
-        Raises AlreadyExistsError (key taken), NotFoundError (no parent),
-        InvalidArgumentError (bad key or labels; parent not committed).
+        Raises AlreadyExistsError (key taken; with ``adopt_layers``, also a
+        committed snapshot on ``parent`` with this ``containerd.io/snapshot.ref``
+        label), NotFoundError (no parent), InvalidArgumentError (bad key or
+        labels; parent not committed).
         """
         return self._create(Kind.ACTIVE, key, parent, labels)
 
@@ -418,7 +434,24 @@ class OverlaySnapshotter:
         return tuple.__new__(Info, (kind, name, parent, labels, created, updated))
 
     def _create(self, kind: Kind, key: str, parent: str, labels: Labels) -> list[Mount]:
+        ref = (
+            labels.get(storage.REF_LABEL)
+            if self._adopt_layers and isinstance(labels, Mapping)
+            else None
+        )
+        if ref:  # bad input stays InvalidArgumentError, whatever the index holds
+            storage.validate_key(key)
+            storage.validate_labels(labels)
         with self._ms.transaction(write=True) as tx, contextlib.ExitStack() as undo:
+            if ref:
+                # In the create's own write transaction: no commit of a match can slip
+                # between the look-up and the create.
+                found = storage.find_committed_by_ref(tx, ref, parent)
+                if found is not None:
+                    raise AlreadyExistsError(
+                        f"{kind.name.lower()} {key!r}: committed snapshot {found!r} on parent "
+                        f"{parent!r} has {storage.REF_LABEL}={ref} (a layer to adopt)"
+                    )
             snap = storage.create_snapshot(tx, kind, key, parent, labels)
             owner = self._parent_owner(tx, parent, snap.parent_ids)
             # Not synced (see the module docstring): _restore() remakes them.
