@@ -14,10 +14,11 @@ How, and why (measured in issue 3: ~94% of a walk is kernel time, so the job is
 to make the fewest syscalls and nothing else):
 
 * Shared with snapcore.rmtree (issue 10: one traversal primitive): the
-  fd-level steps in ``includes/dirwalk.pxd`` (open a directory by name, read
-  its entries, skip dot entries, reopen a parent through ".."), inline, so
-  this loop compiles as before. The frames, the fd window and the worker
-  pool stay here: removal needs none of them (see rmtree's opening comment).
+  fd-level steps in ``includes/dirwalk.pxd`` (open a directory by name,
+  read its entries, skip the dot entries), inline, so this loop compiles as
+  before. The frames, the fd window (its ".." reopen degrades on EMFILE,
+  rmtree's does not need to) and the worker pool stay here: removal needs
+  none of them (see rmtree's opening comment).
 * The whole walk runs in C with the GIL released and no Python object per
   entry: ``openat(parent, name, O_DIRECTORY|O_NOFOLLOW)``, ``getdents64`` into
   one reused buffer, one ``statx(dirfd, name, AT_SYMLINK_NOFOLLOW)`` per
@@ -1482,11 +1483,9 @@ def supports_d_type(path):
             try:
                 with nogil:
                     while found < 0:
-                        n = linux.snap_getdents64(fd, buf, BUFSZ)
-                        if n < 0 and errno.errno == errno.EINTR:
-                            continue
+                        n = dirwalk.read_dents(fd, buf, BUFSZ)
                         if n <= 0:
-                            err = errno.errno if n < 0 else 0
+                            err = <int>-n
                             break
                         off = 0
                         while off < n:

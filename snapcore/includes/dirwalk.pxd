@@ -1,7 +1,8 @@
-# The fd-based traversal primitives every compiled directory walk shares
-# (du's usage walk, rmtree's removal): inline, so a walk's hot loop pays no
-# call through cimport's function pointers. Each returns 0 or an errno and
-# retries EINTR only; the walks own their policy (what to skip, degrade on).
+# The fd-based traversal primitives of the compiled directory walks (du's
+# usage walk, rmtree's removal; issue 10: no walker of its own each):
+# inline, so a walk's hot loop pays no call through cimport's function
+# pointers. They retry EINTR only; the walks own their policy (what to skip,
+# what to degrade on).
 from libc cimport errno
 from libc.stdint cimport uint64_t
 
