@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
-import select
 import signal
 import stat
-import struct
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from interrupts import interrupt_each_call
+from interrupts import gate_opens, interrupt_each_call
 from privileges import as_nobody, unprivileged
 
 from pysnap.fsutil import remove_tree
@@ -355,26 +352,6 @@ def test_an_error_inside_names_the_full_path(public_tmp: Path) -> None:
     assert eb.value.filename == os.fsencode(tree / "sub")
 
 
-_FAN_CLASS_CONTENT, _FAN_CLOEXEC, _FAN_MARK_ADD = 0x4, 0x1, 0x1
-_FAN_OPEN_PERM, _FAN_ONDIR, _FAN_ALLOW = 0x10000, 0x40000000, 0x1
-
-
-def _hold_open_of(path: Path) -> int:
-    """A fanotify fd on which every open of the directory path waits for an answer."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int]
-    libc.fanotify_mark.argtypes += [ctypes.c_char_p]
-    fd = int(libc.fanotify_init(_FAN_CLASS_CONTENT | _FAN_CLOEXEC, os.O_RDONLY))
-    if fd < 0:
-        pytest.skip(f"fanotify: {os.strerror(ctypes.get_errno())}")
-    mask = _FAN_OPEN_PERM | _FAN_ONDIR
-    if libc.fanotify_mark(fd, _FAN_MARK_ADD, mask, -100, os.fsencode(path)) != 0:
-        err = ctypes.get_errno()
-        os.close(fd)
-        pytest.skip(f"fanotify permission events on directories: {os.strerror(err)}")
-    return fd
-
-
 @pytest.mark.root
 def test_sigint_inside_the_compiled_walk(tmp_path: Path) -> None:
     """A real SIGINT while the walk runs in C (GIL released): KeyboardInterrupt
@@ -388,32 +365,25 @@ def test_sigint_inside_the_compiled_walk(tmp_path: Path) -> None:
     (tree / "b").mkdir(parents=True)
     for i in range(6000):
         os.mknod(tree / "b" / f"f{i}")
-    before = len(os.listdir("/proc/self/fd"))
-    fan = _hold_open_of(tree / "b")
     main = threading.main_thread().ident
     assert main is not None
-    answered: list[int] = []
+    opens: list[int] = []
 
-    def answer() -> None:
-        ready, _, _ = select.select([fan], [], [], 60)
-        if not ready:
-            return
-        data = os.read(fan, 4096)
-        _, _, _, _, _, efd, _ = struct.unpack("IBBHQii", data[:24])
+    def sigint(k: int) -> None:
+        opens.append(k)
         signal.pthread_kill(main, signal.SIGINT)
-        os.write(fan, struct.pack("iI", efd, _FAN_ALLOW))
-        os.close(efd)
-        answered.append(efd)
 
-    t = threading.Thread(target=answer)
-    t.start()
+    before = len(os.listdir("/proc/self/fd"))
+    try:
+        stop = gate_opens([tree / "b"], sigint)
+    except OSError as e:
+        pytest.skip(str(e))
     try:
         with pytest.raises(KeyboardInterrupt):
             remove_tree(tree)
     finally:
-        t.join()
-        os.close(fan)
-    assert answered
+        stop()
+    assert opens == [1]
     assert len(os.listdir("/proc/self/fd")) == before
     assert len(os.listdir(tree / "b")) > 0  # stopped inside b/
     remove_tree(tree)
