@@ -4,6 +4,7 @@
 __version__ = "0.1.0"
 
 from . import errors
+from .archive import Layer
 from .mounts import Mount, mount_all, mounted, unmount, unmount_all
 from .overlay import OverlaySnapshotter
 from .types import Info, Kind, Usage
@@ -11,6 +12,7 @@ from .types import Info, Kind, Usage
 __all__ = [
     "Info",
     "Kind",
+    "Layer",
     "Mount",
     "OverlaySnapshotter",
     "Usage",

@@ -36,6 +36,9 @@ from types import TracebackType
 from snapcore import du
 
 from . import kernel, overlayopts, storage
+from .archive import Layer, guard
+from .archive.apply import LayerSource, apply_to_snapshot
+from .archive.diff import LayerTarget, diff_upper
 from .errors import (
     CorruptStoreError,
     FailedPreconditionError,
@@ -118,6 +121,7 @@ class OverlaySnapshotter:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(self._snapshots, 0o700)
         self._async_remove = async_remove
+        self._sync = sync  # apply(sync=None) follows it: syncfs after a layer
         self._lowerdirs: dict[int, str] = {}  # top parent id -> lowerdir value
         self._lowerdir_chars = 0
         self._upperdir_label = upperdir_label
@@ -251,6 +255,15 @@ class OverlaySnapshotter:
         storage.validate_labels(labels)
         with self._ms.transaction() as tx:
             sid, info, _ = storage.get_info(tx, key)  # one record, not the parent chain
+        # no apply of it meanwhile, nor after a killed one
+        with guard.exclusive(self._dir(sid), "commit", key, shared=True):
+            if info.kind == Kind.ACTIVE:
+                guard.refuse_interrupted(self._dir(sid), "commit", key)
+            self._commit(name, key, labels, parent, sid, info)
+
+    def _commit(
+        self, name: str, key: str, labels: Labels, parent: str | None, sid: int, info: Info
+    ) -> None:
         usage = Usage()
         if info.kind == Kind.ACTIVE:
             # The walk runs outside the write transaction; commit_active checks
@@ -288,10 +301,67 @@ class OverlaySnapshotter:
         Raises NotFoundError, or FailedPreconditionError ("cannot remove
         snapshot with child").
         """
-        with self._ms.transaction(write=True) as tx:
+        with self._ms.transaction() as tx:
+            sid = storage.get_info(tx, key)[0]
+        with (
+            guard.exclusive(self._dir(sid), "remove", key, shared=True),
+            self._ms.transaction(write=True) as tx,
+        ):
             sid, _ = storage.remove(tx, key)
         if not self._async_remove:
             self._remove_dirs([self._dir(sid)])
+
+    def apply(
+        self,
+        key: str,
+        layer: LayerSource,
+        *,
+        diff_id: str | None = None,
+        sync: bool | None = None,
+        force: bool = False,
+    ) -> Layer:
+        """Apply the OCI layer ``layer`` (a path or a binary file) into the ACTIVE ``key``.
+
+        tar, tar+gzip or tar+zstd, detected by magic, unpacked straight into
+        the upper directory with containerd's overlay semantics (see
+        pysnap.archive.apply). ``diff_id``: the expected one, checked after
+        the whole stream was read. ``sync``: syncfs once at the end (None:
+        the snapshotter's setting). ``force``: apply although the upper is
+        mounted. Raises NotFoundError, FailedPreconditionError (not ACTIVE,
+        mounted, busy, interrupted apply), InvalidArgumentError (a refused
+        stream or entry, a diff ID that does not match), OSError.
+        """
+        with self._ms.transaction() as tx:
+            snap = storage.get_snapshot(tx, key)
+        if snap.kind != Kind.ACTIVE:
+            raise FailedPreconditionError(f"apply {key!r}: snapshot is not active")
+        lowers = [self._upper(p) for p in snap.parent_ids]
+        sync = self._sync if sync is None else sync
+        return apply_to_snapshot(
+            key, self._dir(snap.id), lowers, layer, diff_id=diff_id, sync=sync, force=force
+        )
+
+    def diff(
+        self,
+        key: str,
+        out: LayerTarget,
+        *,
+        compression: str | None = "gzip",
+        level: int | None = None,
+    ) -> Layer:
+        """Write the layer of the ACTIVE or COMMITTED ``key`` (its own upper) to ``out``.
+
+        ``out`` is a path (written under a temporary name, renamed at the
+        end) or a binary file. ``compression``: "gzip", "zstd" or None.
+        Same tree, same pysnap and compression library: same bytes. Raises
+        NotFoundError, FailedPreconditionError (a VIEW; an upper written
+        with redirect_dir or metacopy), InvalidArgumentError, OSError.
+        """
+        with self._ms.transaction() as tx:
+            snap = storage.get_snapshot(tx, key)
+        if snap.kind == Kind.VIEW:
+            raise FailedPreconditionError(f"diff {key!r}: a view has no layer of its own")
+        return diff_upper(key, self._upper(snap.id), out, compression_=compression, level=level)
 
     def cleanup(self, *, dry_run: bool = False) -> list[str]:
         """Remove directories no live snapshot owns (crashed creates, unfinished removes).

@@ -12,6 +12,13 @@ import pysnap
 from pysnap import Info, Kind, Mount, Usage
 
 
+def test_layer_shape() -> None:
+    layer = pysnap.Layer(diff_id="sha256:a", digest="sha256:b", size=1, media_type="m", entries=2)
+    assert dataclasses.astuple(layer) == ("sha256:a", "sha256:b", 1, "m", 2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        layer.size = 3  # type: ignore[misc]
+
+
 def test_exports() -> None:
     assert set(pysnap.__all__) == {
         "OverlaySnapshotter",
@@ -19,6 +26,7 @@ def test_exports() -> None:
         "Info",
         "Usage",
         "Mount",
+        "Layer",
         "mount_all",
         "unmount",
         "unmount_all",

@@ -151,6 +151,31 @@ static inline int snap_move_mount(int from_dfd, const char *from_path,
     return (int)syscall(SYS_move_mount, from_dfd, from_path, to_dfd, to_path, flags);
 }
 
+/* ---- openat2 (Linux 5.6): name resolution confined to a root ------------- */
+
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+#ifndef RESOLVE_IN_ROOT
+#define RESOLVE_NO_XDEV 0x01
+#define RESOLVE_NO_MAGICLINKS 0x02
+#define RESOLVE_NO_SYMLINKS 0x04
+#define RESOLVE_BENEATH 0x08
+#define RESOLVE_IN_ROOT 0x10
+#endif
+
+struct snap_open_how {
+    uint64_t flags;
+    uint64_t mode;
+    uint64_t resolve;
+};
+
+static inline int snap_openat2(int dirfd, const char *path, uint64_t flags,
+                               uint64_t resolve) {
+    struct snap_open_how how = {flags, 0, resolve};
+    return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+}
+
 /* ---- fixed-width big-endian integers (keep LMDB order numeric) ----------- */
 
 static inline void snap_pack_be64(char *buf, uint64_t x) {

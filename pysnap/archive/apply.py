@@ -1,0 +1,170 @@
+"""Apply an OCI layer into an ACTIVE snapshot's upper directory (containerd's overlay apply).
+
+The snapshotter checks the key; this module does the rest: the mounted-upper
+check, the lock and the mark (guard.py), the pipeline (a thread reads,
+hashes and decompresses; the calling thread runs snapcore's compiled apply
+loop on each piece), the diff-ID check, and the clean-up after a failure: an
+upper that was empty before the call is emptied again, one that was not is
+reported as partly applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from snapcore import fsops
+
+from .. import mountinfo
+from ..errors import FailedPreconditionError, InvalidArgumentError
+from ..fsutil import remove_tree
+from . import compression, guard
+from .layer import Layer
+from .pipeline import Producer
+
+log = logging.getLogger(__name__)
+
+LayerSource = str | os.PathLike[str] | BinaryIO
+_OPAQUE = "trusted.overlay.opaque"
+_KERNEL_REFUSED_HINT = (
+    "the kernel refused an overlay whiteout (a character device 0/0) or a trusted.* xattr: "
+    "this happens in a user namespace or an unprivileged container (Docker in Docker); "
+    "apply as real root, or in a container with CAP_MKNOD and CAP_SYS_ADMIN"
+)
+
+
+@contextlib.contextmanager
+def _opened(layer: LayerSource) -> Iterator[BinaryIO]:
+    if isinstance(layer, str | os.PathLike):
+        with open(layer, "rb", buffering=0) as f:
+            yield f
+    else:
+        yield layer
+
+
+def _is_empty(upper: str) -> bool:
+    with os.scandir(upper) as it:
+        if next(it, None) is not None:
+            return False
+    try:
+        os.getxattr(upper, _OPAQUE)
+        return False
+    except OSError:
+        return True
+
+
+def _empty(upper: str) -> None:
+    """Remove everything an apply put in ``upper`` (which was empty before it)."""
+    for name in os.listdir(upper):
+        remove_tree(os.path.join(upper, name))
+    with contextlib.suppress(OSError):
+        os.removexattr(upper, _OPAQUE)
+
+
+def apply_to_snapshot(
+    key: str,
+    snapshot_dir: str,
+    lowers: list[str],
+    layer: LayerSource,
+    *,
+    diff_id: str | None,
+    sync: bool,
+    force: bool,
+) -> Layer:
+    """Apply ``layer`` into ``snapshot_dir/fs`` (lowers nearest first): OverlaySnapshotter.apply."""
+    upper = f"{snapshot_dir}/fs"
+    if not force:
+        users = mountinfo.users_of(upper)
+        if users:
+            raise FailedPreconditionError(
+                f"apply {key!r}: the upper directory is mounted at {users[0].mount_point!r}; "
+                "unmount it first, or pass force=True (overlayfs does not expect changes "
+                "to an upper directory while it is mounted)"
+            )
+    with guard.exclusive(snapshot_dir, "apply", key):
+        guard.refuse_interrupted(snapshot_dir, "apply", key)
+        was_empty = _is_empty(upper)
+        with guard.marked(snapshot_dir):
+            try:
+                result = apply_stream(upper, lowers, layer, diff_id=diff_id, what=f"apply {key!r}")
+                if sync:
+                    fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                    try:
+                        fsops.syncfs(fd)
+                    finally:
+                        os.close(fd)
+            except BaseException as e:
+                if was_empty:
+                    _empty(upper)
+                    e.add_note(f"apply {key!r}: the upper directory was emptied again")
+                else:
+                    e.add_note(f"apply {key!r}: the snapshot is partly applied")
+                raise
+    return result
+
+
+def apply_stream(
+    upper: str,
+    lowers: list[str],
+    layer: LayerSource,
+    *,
+    diff_id: str | None = None,
+    what: str = "apply",
+) -> Layer:
+    """Apply a layer blob into the directory ``upper``; the Layer it was.
+
+    ``what`` starts error messages (the operation and the key).
+
+    Raises InvalidArgumentError (a refused stream or entry, a diff ID that
+    does not match), OSError (from the kernel; filename is the entry).
+    """
+    applier = fsops.Applier(upper, lowers)
+    try:
+        with _opened(layer) as f:
+            head = f.read(8) or b""
+            media_type = compression.detect(head)
+            raw = compression.HashingReader(f, head)
+            uncompressed = hashlib.sha256() if media_type != compression.MEDIA_TAR else None
+
+            def pieces() -> Iterator[bytes]:
+                for piece in compression.decoded_chunks(raw, media_type):
+                    if uncompressed is not None:
+                        uncompressed.update(piece)
+                    yield piece
+
+            ended = False
+            own_file = isinstance(layer, str | os.PathLike)  # reads of it always end
+            with Producer(pieces(), join_timeout=None if own_file else 1.0) as stream:
+                for piece in stream:
+                    if not ended:
+                        ended = applier.feed(piece)
+            entries = applier.finish()
+        for entry, xattr, reason in applier.warnings:
+            log.warning("layer entry %r: xattr %s not applied: %s", entry, xattr, reason)
+    except fsops.TarError as e:
+        raise InvalidArgumentError(f"{what}: invalid layer: {e}") from e
+    except InvalidArgumentError as e:  # from the decompressor, in the reader thread
+        raise InvalidArgumentError(f"{what}: {e}") from None
+    except OSError as e:
+        if e.errno in (errno.EPERM, errno.EOPNOTSUPP) and _kernel_refused(e):
+            e.add_note(_KERNEL_REFUSED_HINT)
+        raise
+    finally:
+        applier.close()
+    digest = raw.digest()
+    actual = digest if uncompressed is None else "sha256:" + uncompressed.hexdigest()
+    if diff_id is not None and diff_id != actual:
+        raise InvalidArgumentError(
+            f"{what}: the layer's diff ID is {actual}, not the expected {diff_id}"
+        )
+    return Layer(actual, digest, raw.size, media_type, entries)
+
+
+def _kernel_refused(e: OSError) -> bool:
+    notes = " ".join(getattr(e, "__notes__", ()))
+    return "whiteout" in notes or "opaque" in notes

@@ -1,0 +1,99 @@
+"""Write a snapshot's layer: its own upper directory converted back (overlay's native diff).
+
+One sorted walk of the upper in snapcore (``fsops.write_tar``), no
+comparison of two trees: a small change over a big base costs the change.
+The walk runs in the calling thread, compression, the digest and the
+writes in another (pipeline.Consumer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from snapcore import fsops
+
+from ..errors import FailedPreconditionError, InvalidArgumentError
+from . import compression
+from .layer import Layer
+from .pipeline import Consumer
+
+LayerTarget = str | os.PathLike[str] | BinaryIO
+
+
+@contextlib.contextmanager
+def _target(out: LayerTarget) -> Iterator[BinaryIO]:
+    """A path is written under a temporary name, renamed at the end, removed on error."""
+    if not isinstance(out, str | os.PathLike):
+        yield out
+        return
+    path = os.fspath(out)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        with open(tmp, "xb") as f:
+            yield f
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def diff_upper(
+    key: str, upper: str, out: LayerTarget, *, compression_: str | None, level: int | None
+) -> Layer:
+    """Write the layer of the directory ``upper`` to ``out``. See OverlaySnapshotter.diff."""
+    media_type = compression.COMPRESSIONS.get(compression_)
+    if media_type is None:
+        raise InvalidArgumentError(
+            f"diff {key!r}: compression {compression_!r}: use 'gzip', 'zstd' or None"
+        )
+    try:
+        compress = compression.compressor(compression_, level)
+    except (ValueError, TypeError) as e:
+        raise InvalidArgumentError(f"diff {key!r}: level {level!r}: {e}") from None
+    # Uncompressed: one hash (diff ID = digest), in the writer thread. Compressed:
+    # the diff ID is hashed in the walking thread, the compressor, the digest and
+    # the writes run in the writer thread, so the two cores share the work.
+    uncompressed = hashlib.sha256()
+    written = hashlib.sha256() if compress is not None else uncompressed
+    size = 0
+    fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with _target(out) as f:
+
+            def write(piece: bytes) -> None:
+                nonlocal size
+                data = compress(piece) if compress is not None else piece  # b"": flush
+                if data:
+                    written.update(data)
+                    size += len(data)
+                    f.write(data)
+
+            consumer = Consumer(write)
+
+            def walked(piece: bytes) -> None:
+                if compress is not None:
+                    uncompressed.update(piece)
+                consumer.put(piece)
+
+            try:
+                entries = fsops.write_tar(fd, walked)
+            except BaseException:
+                consumer.abort()
+                raise
+            if compress is not None:
+                consumer.put(b"")  # flush the compressor
+            consumer.finish()
+            f.flush()
+    except fsops.UpperError as e:
+        raise FailedPreconditionError(f"diff {key!r}: {e}") from e
+    finally:
+        os.close(fd)
+    diff_id = "sha256:" + uncompressed.hexdigest()
+    digest = "sha256:" + written.hexdigest()
+    return Layer(diff_id, digest, size, media_type, entries)
