@@ -5,12 +5,15 @@ module owns the environment; ``pysnap.storage`` holds the functions that read
 and write snapshot records through a :class:`Txn`. Nothing else touches lmdb.
 
 Layout: ``<root>/metadata.lmdb/`` (LMDB's ``data.mdb`` and ``lock.mdb``) with
-four named databases (record layouts in ``snapcore.keys``):
+five named databases (record layouts in ``snapcore.keys``):
 
 - ``snapshots``: name -> record
 - ``parents``: be64(parent id) + be64(child id) -> b""
 - ``ids``: be64(id) -> name
 - ``meta``: ``schema`` -> be64(SCHEMA_VERSION), ``last_id`` -> be64(last id handed out)
+- ``refs``: the committed snapshots by their ``containerd.io/snapshot.ref``
+  label and parent (``pysnap.storage`` owns its layout); a store made before
+  it existed gets it built on its first open by this version
 
 Operational rules (DESIGN.md, "Metadata store"): the map is large and sparse;
 stale readers of killed processes are cleared on open (``reader_check``);
@@ -73,6 +76,7 @@ _DB_SNAPSHOTS = b"snapshots"
 _DB_PARENTS = b"parents"
 _DB_IDS = b"ids"
 _DB_META = b"meta"
+_DB_REFS = b"refs"
 META_SCHEMA = b"schema"
 META_LAST_ID = b"last_id"
 #: Ids held in MetaStore.chains (8 bytes each) before it is emptied.
@@ -141,13 +145,15 @@ class Txn:
     it keeps the cost of a read transaction near py-lmdb's own).
     """
 
-    __slots__ = ("_learned", "_ms", "chains", "ids", "meta", "parents", "snapshots", "txn", "write")
+    __slots__ = (
+        "_learned", "_ms", "chains", "ids", "meta", "parents", "refs", "snapshots", "txn", "write"
+    )  # fmt: skip
 
     def __init__(self, ms: MetaStore, txn: Any, write: bool) -> None:
         self._ms = ms
         self.txn = txn
         self.write = write
-        self.snapshots, self.parents, self.ids, self.meta = ms._dbs
+        self.snapshots, self.parents, self.ids, self.meta, self.refs = ms._dbs
         self.chains = ms.chains
         self._learned: list[tuple[int, tuple[int, ...]]] | None = None
 
@@ -206,7 +212,9 @@ class MetaStore:
     ``on_new_store(found)`` is called in the first write transaction of a
     store that has no meta record yet, before the record is written; ``found``
     says what was there ("data.mdb was missing", ...). It may raise to refuse
-    the store (nothing is then recorded).
+    the store (nothing is then recorded). ``on_new_refs(txn)`` fills the
+    ``refs`` database of a store that has records but had no ``refs`` yet,
+    in the transaction that creates it.
 
     Raises:
         FailedPreconditionError: the store has a schema version this pysnap
@@ -224,6 +232,7 @@ class MetaStore:
         sync: bool = True,
         map_size: int = DEFAULT_MAP_SIZE,
         on_new_store: Callable[[str], None] | None = None,
+        on_new_refs: Callable[[Txn], None] | None = None,
     ) -> None:
         self.root = os.fspath(root)
         self.path = os.path.join(self.root, "metadata.lmdb")
@@ -238,7 +247,7 @@ class MetaStore:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._env: Any = None
-        self._dbs: tuple[Any, Any, Any, Any] = (None, None, None, None)
+        self._dbs: tuple[Any, Any, Any, Any, Any] = (None,) * 5
         self.chains: dict[int, tuple[int, ...]] = {}
         self._chain_ids = 0
         if not isinstance(map_size, int) or map_size <= 0:
@@ -249,7 +258,7 @@ class MetaStore:
         try:
             self._check_size(env)
             env.reader_check()  # clear slots of killed readers (DESIGN.md)
-            self._dbs = self._open_dbs(env, found, on_new_store)
+            self._dbs = self._open_dbs(env, found, on_new_store, on_new_refs)
         except BaseException as e:
             env.close()
             if isinstance(e, lmdb.Error):
@@ -305,12 +314,17 @@ class MetaStore:
             )
 
     def _open_dbs(
-        self, env: Any, found: str, on_new_store: Callable[[str], None] | None
-    ) -> tuple[Any, Any, Any, Any]:
+        self,
+        env: Any,
+        found: str,
+        on_new_store: Callable[[str], None] | None,
+        on_new_refs: Callable[[Txn], None] | None,
+    ) -> tuple[Any, Any, Any, Any, Any]:
         with env.begin(write=True) as txn:
+            new_refs = txn.get(_DB_REFS) is None  # named databases are keys of the main one
             dbs = tuple(
                 env.open_db(name, txn=txn, create=True)
-                for name in (_DB_SNAPSHOTS, _DB_PARENTS, _DB_IDS, _DB_META)
+                for name in (_DB_SNAPSHOTS, _DB_PARENTS, _DB_IDS, _DB_META, _DB_REFS)
             )
             raw = txn.get(META_SCHEMA, db=dbs[3])
             if raw is None:
@@ -328,8 +342,12 @@ class MetaStore:
                     f"metadata store {self.path} has schema version {version}; "
                     f"this pysnap reads version {SCHEMA_VERSION} only"
                 )
-        snapshots, parents, ids, meta = dbs
-        return snapshots, parents, ids, meta
+            if new_refs and on_new_refs is not None and txn.stat(dbs[0])["entries"]:
+                # A store of an older pysnap: index its records once, in this transaction.
+                self._dbs = dbs
+                on_new_refs(Txn(self, txn, True))
+        snapshots, parents, ids, meta, refs = dbs
+        return snapshots, parents, ids, meta, refs
 
     def _error(self, e: lmdb.Error, what: str) -> SnapshotError:
         """The SnapshotError of the right kind for an lmdb.Error during ``what``."""
@@ -448,7 +466,7 @@ class MetaStore:
                 self._idle.wait()
         if env is None:
             return
-        self._dbs = (None, None, None, None)
+        self._dbs = (None,) * 5
         _OPEN.discard(self)
         env.close()
 
@@ -458,7 +476,7 @@ class MetaStore:
         self._idle = threading.Condition(self._lock)
         self._inflight = collections.deque()
         env, self._env = self._env, None
-        self._dbs = (None, None, None, None)
+        self._dbs = (None,) * 5
         if env is not None:
             _keep_forever(env)
             _INHERITED_PATHS.add(os.path.realpath(self.data_path))

@@ -35,11 +35,12 @@ from types import TracebackType
 
 from snapcore import du
 
-from . import kernel, overlayopts, storage
+from . import blobstore, kernel, overlayopts, storage
 from .archive import Layer, guard
 from .archive.apply import LayerSource, apply_to_snapshot
 from .archive.diff import LayerTarget, diff_upper
 from .errors import (
+    AlreadyExistsError,
     CorruptStoreError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -75,6 +76,13 @@ class OverlaySnapshotter:
     ``map_size`` is the metadata store's address-space limit in bytes (the
     file is sparse); a store that fills it raises MapFullError.
 
+    ``adopt_layers``: containerd's remote-snapshot protocol (its
+    docs/snapshotters/remote-snapshotter.md). A ``prepare`` or ``view``
+    labelled ``containerd.io/snapshot.ref=T`` raises AlreadyExistsError when
+    a COMMITTED snapshot labelled so sits on the requested parent, and
+    creates nothing; containerd then finds that snapshot with ``walk`` and
+    takes it as the layer, applying nothing.
+
     Raises (opening):
         InvalidArgumentError: a root path overlay options cannot carry.
         FailedPreconditionError: ``snapshots/`` is a symlink; the metadata
@@ -92,6 +100,7 @@ class OverlaySnapshotter:
         mount_options: Sequence[str] = (),
         upperdir_label: bool = False,
         map_size: int = DEFAULT_MAP_SIZE,
+        adopt_layers: bool = False,
     ) -> None:
         self.root = os.path.abspath(os.fspath(root))
         overlayopts.check_root(self.root)  # its paths go into overlay options as they are
@@ -115,16 +124,21 @@ class OverlaySnapshotter:
         # The meta record is written before snapshots/ exists: a store without
         # one next to snapshot directories is a lost store, never a new one.
         self._ms = MetaStore(
-            self.root, sync=sync, map_size=map_size, on_new_store=self._refuse_lost_store
+            self.root,
+            sync=sync,
+            map_size=map_size,
+            on_new_store=self._refuse_lost_store,
+            on_new_refs=storage.build_ref_index,
         )
         if new_root:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(self._snapshots, 0o700)
         self._async_remove = async_remove
-        self._sync = sync  # apply(sync=None) follows it: syncfs after a layer
+        self._sync = sync  # apply()'s default: syncfs once at the end of a durable apply
         self._lowerdirs: dict[int, str] = {}  # top parent id -> lowerdir value
         self._lowerdir_chars = 0
         self._upperdir_label = upperdir_label
+        self._adopt_layers = adopt_layers
         self._options = overlayopts.default_options(mount_options)
 
     def _refuse_lost_store(self, found: str) -> None:
@@ -225,8 +239,10 @@ class OverlaySnapshotter:
     def prepare(self, key: str, parent: str = "", labels: Labels = None) -> list[Mount]:
         """Create an ACTIVE snapshot ``key`` on the COMMITTED ``parent``; its mounts.
 
-        Raises AlreadyExistsError (key taken), NotFoundError (no parent),
-        InvalidArgumentError (bad key or labels; parent not committed).
+        Raises AlreadyExistsError (key taken; with ``adopt_layers``, also a
+        committed snapshot on ``parent`` with this ``containerd.io/snapshot.ref``
+        label), NotFoundError (no parent), InvalidArgumentError (bad key or
+        labels; parent not committed).
         """
         return self._create(Kind.ACTIVE, key, parent, labels)
 
@@ -259,10 +275,10 @@ class OverlaySnapshotter:
         with guard.exclusive(self._dir(sid), "commit", key, shared=True):
             if info.kind == Kind.ACTIVE:
                 guard.refuse_interrupted(self._dir(sid), "commit", key)
-            self._commit(name, key, labels, parent, sid, info)
+            self._commit(name, key, labels, sid, info, parent or "")
 
     def _commit(
-        self, name: str, key: str, labels: Labels, parent: str | None, sid: int, info: Info
+        self, name: str, key: str, labels: Labels, sid: int, info: Info, parent: str
     ) -> None:
         usage = Usage()
         if info.kind == Kind.ACTIVE:
@@ -273,7 +289,7 @@ class OverlaySnapshotter:
             except FileNotFoundError:
                 usage = self._restore_for_commit(key, sid)
         with self._ms.transaction(write=True) as tx:
-            storage.commit_active(tx, key, name, usage, labels, sid, parent or "")
+            storage.commit_active(tx, key, name, usage, labels, sid, parent)
 
     def update(self, info: Info, *fieldpaths: str) -> Info:
         """Change the labels of ``info.name`` and return its new Info.
@@ -367,10 +383,12 @@ class OverlaySnapshotter:
         """Remove directories no live snapshot owns (crashed creates, unfinished removes).
 
         Only names pysnap makes are reaped (an id, ``new-*``, ``rm-*``); anything
-        else under ``snapshots/`` is logged and left. Returns the paths as
-        found, sorted: those removed, or with ``dry_run`` those that would be
-        (and nothing changes). A removal that fails is logged and left out of
-        the list; the next cleanup retries it.
+        else under ``snapshots/`` is logged and left. Also removes layer blobs
+        (pysnap.blobstore) that no snapshot's labels name any more, and blob
+        copies whose writer is gone. Returns the paths as found, sorted: those
+        removed, or with ``dry_run`` those that would be (and nothing changes).
+        A removal that fails is logged and left out of the list; the next
+        cleanup retries it.
         """
         with self._ms.transaction(write=True) as tx:
             live = {str(i) for i in storage.id_map(tx)}
@@ -393,10 +411,12 @@ class OverlaySnapshotter:
                     except FileNotFoundError:  # a remove() finished it meanwhile
                         continue
                 orphans.append((path, doomed))
+            # layer blobs no label names any more (pysnap.blobstore)
+            orphans += blobstore.reap(self.root, lambda: storage.walk_info(tx), dry_run=dry_run)
         if dry_run:
-            return [path for path, _ in orphans]
+            return sorted(path for path, _ in orphans)
         removed = self._remove_dirs([doomed for _, doomed in orphans])
-        return [path for path, doomed in orphans if doomed in removed]
+        return sorted(path for path, doomed in orphans if doomed in removed)
 
     # -- internals ----------------------------------------------------------
 
@@ -414,7 +434,24 @@ class OverlaySnapshotter:
         return tuple.__new__(Info, (kind, name, parent, labels, created, updated))
 
     def _create(self, kind: Kind, key: str, parent: str, labels: Labels) -> list[Mount]:
+        ref = (
+            labels.get(storage.REF_LABEL)
+            if self._adopt_layers and isinstance(labels, Mapping)
+            else None
+        )
+        if ref:  # bad input stays InvalidArgumentError, whatever the index holds
+            storage.validate_key(key)
+            storage.validate_labels(labels)
         with self._ms.transaction(write=True) as tx, contextlib.ExitStack() as undo:
+            if ref:
+                # In the create's own write transaction: no commit of a match can slip
+                # between the look-up and the create.
+                found = storage.find_committed_by_ref(tx, ref, parent)
+                if found is not None:
+                    raise AlreadyExistsError(
+                        f"{kind.name.lower()} {key!r}: committed snapshot {found!r} on parent "
+                        f"{parent!r} has {storage.REF_LABEL}={ref} (a layer to adopt)"
+                    )
             snap = storage.create_snapshot(tx, kind, key, parent, labels)
             owner = self._parent_owner(tx, parent, snap.parent_ids)
             # Not synced (see the module docstring): _restore() remakes them.

@@ -13,6 +13,7 @@ snapshot's kind forbids ``FailedPreconditionError``; malformed input
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,6 +44,13 @@ _MAX_ID = 2**64 - 1
 # (overlayfs itself stops at 500 layers).
 _MAX_DEPTH = 1 << 20
 _KINDS = (None, Kind.VIEW, Kind.ACTIVE, Kind.COMMITTED)
+#: The label containerd's unpacker puts on a layer's prepare (its chain ID):
+#: committed snapshots that carry it are indexed in the ``refs`` database.
+REF_LABEL = "containerd.io/snapshot.ref"
+# refs keys: blake2b-128(label value) + be64(parent id, 0 for none) + be64(id)
+# -> b"". Fixed width whatever the value's length (up to 4 KiB, more than
+# LMDB's 511-byte keys); a hit is checked against the record itself.
+_REF_PREFIX = 24
 
 _decode_info = keys.decode_info
 _decode_record = keys.decode_record
@@ -210,6 +218,69 @@ def _usage_int(value: object, what: str) -> int:
     return value
 
 
+def _ref_prefix(ref: str, parent_id: int) -> bytes:
+    return hashlib.blake2b(ref.encode(), digest_size=16).digest() + keys.id_key(parent_id)
+
+
+def _parent_id(tx: Txn, parent: str) -> int | None:
+    """The id of ``parent`` (0 for ""), or None when there is no such snapshot."""
+    if not parent:
+        return 0
+    raw = tx.txn.get(parent.encode(), None, tx.snapshots)
+    return None if raw is None else _record(parent, raw)[0]
+
+
+def _index_ref(tx: Txn, sid: int, parent: str, ref: str | None, add: bool) -> None:
+    """Add or drop the refs entry of the committed snapshot ``sid`` (none without ``ref``)."""
+    if not ref:
+        return
+    pid = _parent_id(tx, parent)
+    if pid is None:  # a corrupt store's missing parent: no entry was made under it
+        return
+    key = _ref_prefix(ref, pid) + keys.id_key(sid)
+    if add:
+        tx.txn.put(key, b"", db=tx.refs)
+    else:
+        tx.txn.delete(key, db=tx.refs)
+
+
+def find_committed_by_ref(tx: Txn, ref: str, parent: str) -> str | None:
+    """The name of a COMMITTED snapshot labelled ``REF_LABEL=ref`` on ``parent``, or None.
+
+    One prefix seek in the refs index (not a scan of the records); the
+    first entry whose record still matches wins.
+    """
+    pid = _parent_id(tx, parent)
+    if pid is None:
+        return None
+    prefix = _ref_prefix(ref, pid)
+    get = tx.txn.get
+    with tx.txn.cursor(tx.refs) as cur:
+        if not cur.set_range(prefix):
+            return None
+        for k in cur.iternext(values=False):
+            if k[:_REF_PREFIX] != prefix:
+                break
+            nb = get(k[_REF_PREFIX:], None, tx.ids)
+            raw = None if nb is None else get(nb, None, tx.snapshots)
+            if raw is None:
+                continue
+            name: str = nb.decode()
+            _, kind, p, labels = _record(name, raw)[:4]
+            if kind == Kind.COMMITTED and p == parent and labels.get(REF_LABEL) == ref:
+                return name
+    return None
+
+
+def build_ref_index(tx: Txn) -> None:
+    """Index every COMMITTED snapshot with a ``REF_LABEL`` (a store older than the index)."""
+    with tx.txn.cursor(tx.snapshots) as cur:
+        for kb, raw in cur.iternext():
+            sid, kind, parent, labels = _record(kb.decode(errors="replace"), raw)[:4]
+            if kind == Kind.COMMITTED:
+                _index_ref(tx, sid, parent, labels.get(REF_LABEL), True)
+
+
 # ---- the operations ---------------------------------------------------------
 
 
@@ -332,6 +403,7 @@ def update_info(tx: Txn, info: Info, *fieldpaths: str) -> Info:
     kb = _key_bytes(key)
     given = info[3] if info[3] is not None else {}
     sid, kind, parent, labels, created, _, size, inodes = _load(tx, key, kb)
+    old_ref = labels.get(REF_LABEL)
     if not fieldpaths:
         labels = dict(given)
     for path in fieldpaths:
@@ -346,6 +418,10 @@ def update_info(tx: Txn, info: Info, *fieldpaths: str) -> Info:
     now = time.time_ns()
     record = keys.encode_record(sid, kind, parent, clean, created, now, size, inodes)
     tx.txn.put(kb, record, db=tx.snapshots)
+    new_ref = clean.get(REF_LABEL)
+    if kind == Kind.COMMITTED and new_ref != old_ref:
+        _index_ref(tx, sid, parent, old_ref, False)
+        _index_ref(tx, sid, parent, new_ref, True)
     return tuple.__new__(Info, (_KINDS[kind], key, parent, clean, created, now))
 
 
@@ -403,6 +479,7 @@ def commit_active(
     record = keys.encode_record(sid, Kind.COMMITTED, parent, clean, now, now, size, inodes)
     txn.put(nb, record, db=db)
     txn.put(keys.id_key(sid), nb, db=tx.ids)
+    _index_ref(tx, sid, parent, clean.get(REF_LABEL), True)
     return sid
 
 
@@ -431,7 +508,7 @@ def remove(tx: Txn, key: str) -> tuple[int, Kind]:
     """
     kb = _key_bytes(key)
     txn, db = tx.txn, tx.snapshots
-    sid, kind, parent = _load(tx, key, kb)[:3]
+    sid, kind, parent, labels = _load(tx, key, kb)[:4]
     prefix = keys.id_key(sid)
     with txn.cursor(tx.parents) as cur:
         if cur.set_range(prefix) and cur.key()[:8] == prefix:
@@ -440,6 +517,8 @@ def remove(tx: Txn, key: str) -> tuple[int, Kind]:
         praw = txn.get(parent.encode(), None, db)
         if praw is not None:  # tolerate a missing parent: let a corrupt store be emptied
             txn.delete(keys.parent_key(_record(parent, praw)[0], sid), db=tx.parents)
+    if kind == Kind.COMMITTED:
+        _index_ref(tx, sid, parent, labels.get(REF_LABEL), False)
     txn.delete(kb, db=db)
     txn.delete(prefix, db=tx.ids)
     return sid, Kind(kind)

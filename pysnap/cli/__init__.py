@@ -24,7 +24,7 @@ from typing import NoReturn, Protocol
 
 from .. import __version__
 from ..errors import SnapshotError, kind_of
-from . import demo, du, layers, mounting, remote, serve, snapshots
+from . import demo, du, images, layers, mounting, remote, serve, snapshots
 from ._common import AddCommand, Handler
 from ._output import (
     EXIT_INTERRUPTED,
@@ -47,7 +47,15 @@ class CommandModule(Protocol):
 
 
 # The groups of subcommands, in the order `pysnap --help` lists them.
-COMMAND_MODULES: tuple[CommandModule, ...] = (snapshots, mounting, layers, du, demo, serve)
+COMMAND_MODULES: tuple[CommandModule, ...] = (
+    snapshots,
+    mounting,
+    layers,
+    images,
+    du,
+    demo,
+    serve,
+)
 
 # Subcommands whose EPERM means "not root" rather than a file's permissions.
 _MOUNTING_COMMANDS = ("mount", "unmount", "umount", "demo")

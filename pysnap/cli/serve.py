@@ -46,6 +46,13 @@ def register(add: AddCommand) -> None:
         action="store_true",
         help="add containerd.io/snapshot/overlay.upperdir to every Info",
     )
+    p.add_argument(
+        "--adopt-layers",
+        action="store_true",
+        help="answer a prepare labelled containerd.io/snapshot.ref=CHAIN with ALREADY_EXISTS "
+        "when a committed snapshot with that label is on its parent, so containerd adopts "
+        "layers this root already holds (its remote-snapshot protocol)",
+    )
     p.add_argument("--workers", type=int, default=16, help="threads serving calls (default 16)")
     p.add_argument(
         "--grace",
@@ -94,4 +101,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         grace=args.grace,
         map_size=getattr(args, "map_size", None),  # the global --map-size
+        adopt_layers=args.adopt_layers,
     )

@@ -34,6 +34,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError
+from ..metastore import DEFAULT_MAP_SIZE
 from ..overlay import OverlaySnapshotter
 from . import convert
 from .service import Snapshotter, generic_handler
@@ -180,6 +181,7 @@ def serve(
     workers: int = DEFAULT_WORKERS,
     grace: float = DEFAULT_GRACE,
     map_size: int | None = None,
+    adopt_layers: bool = False,
 ) -> int:
     """Serve an OverlaySnapshotter on ``root`` at ``address`` until SIGTERM or SIGINT; 0.
 
@@ -200,7 +202,8 @@ def serve(
             async_remove=async_remove,
             mount_options=mount_options,
             upperdir_label=upperdir_label,
-            **({} if map_size is None else {"map_size": map_size}),
+            map_size=DEFAULT_MAP_SIZE if map_size is None else map_size,
+            adopt_layers=adopt_layers,
         ) as sn:
             server = SnapshotServer(sn, address, workers=workers)
             server.start()

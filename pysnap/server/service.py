@@ -105,12 +105,21 @@ def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> NoRetu
     raise AssertionError("context.abort returned")  # it always raises
 
 
+def _parse(method: str, request_cls: type[Message], data: bytes) -> Message:
+    request = convert.parse(request_cls, data)
+    if log.isEnabledFor(logging.DEBUG):  # `serve --log-level debug`: every request, as sent
+        from google.protobuf import text_format
+
+        log.debug("%s %s", method, text_format.MessageToString(request, as_one_line=True))
+    return request
+
+
 def _unary(
     method: str, call: Callable[[Any], Message | bytes], request_cls: type[Message]
 ) -> grpc.RpcMethodHandler:
     def handle(data: bytes, context: grpc.ServicerContext) -> Message | bytes:
         try:
-            return call(convert.parse(request_cls, data))
+            return call(_parse(method, request_cls, data))
         except Exception as e:
             _abort(context, method, e)
 
@@ -122,7 +131,7 @@ def _stream(
 ) -> grpc.RpcMethodHandler:
     def handle(data: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         try:
-            return iter(call(convert.parse(request_cls, data)))
+            return iter(call(_parse(method, request_cls, data)))
         except Exception as e:
             _abort(context, method, e)
 

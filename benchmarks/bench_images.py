@@ -1,0 +1,345 @@
+"""Image benchmarks (issue 13): unpack and export beside containerd 1.6 and umoci.
+
+Run: pytest benchmarks/bench_images.py --benchmark-only -p no:cacheprovider
+
+The image: 5 gzip layers, together about 85,000 files and 1 GB uncompressed,
+built once (tar --sort=name, gzip -1) and cached under PYSNAP_BENCH_IMAGES
+(default /var/tmp/pysnap-bench-images). Every row runs on tmpfs (/dev/shm)
+and on the root disk (/var/tmp), each round into a fresh root:
+
+* unpack: pysnap's unpack (sequential; the parallel one where the
+  snapshotter has ``commit(parent=)``), containerd 1.6 unpacking the same
+  image into its overlayfs snapshotter with the content already ingested
+  (``ctr images import --no-unpack`` once, then ``ctr images mount``, which
+  unpacks, per round), and ``umoci unpack``;
+* export: pysnap's export of the image plus one layer made on pysnap (the
+  five source blobs reused, one layer diffed), beside ``umoci repack`` of the
+  same change to an unpacked bundle.
+
+extra_info gives the ratio of each row to pysnap's in its group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from timing import median
+
+import pysnap
+from pysnap.fsutil import remove_tree
+from pysnap.images import export, unpack
+
+# PYSNAP_BENCH_IMAGE_SCALE=0.01 makes a small image, for a quick smoke run
+SCALE = float(os.environ.get("PYSNAP_BENCH_IMAGE_SCALE", "1"))
+CACHE = (
+    Path(os.environ.get("PYSNAP_BENCH_IMAGES", "/var/tmp/pysnap-bench-images")) / f"scale-{SCALE:g}"
+)
+FILESYSTEMS = {"tmpfs": "/dev/shm", "disk": "/var/tmp"}
+# (files, bytes) per layer: about 85,000 files and 1 GB in all
+LAYERS = [
+    (30_000, 360 << 20),
+    (25_000, 300 << 20),
+    (15_000, 180 << 20),
+    (10_000, 110 << 20),
+    (5_000, 50 << 20),
+]
+REF = "bench"
+MEDIANS: dict[tuple[str, str], float] = {}
+
+
+# ---- the image, built once and cached ---------------------------------------------
+
+
+def _pool() -> bytes:
+    """64 MiB of word-like text: gzip takes it to about a third, as real layers."""
+    rng = random.Random(13)
+    words = [bytes(rng.choices(range(97, 123), k=rng.randint(2, 10))) for _ in range(5000)]
+    return b" ".join(rng.choices(words, k=11_000_000))[: 64 << 20]
+
+
+def _build_layer(
+    n: int, files: int, size: int, pool: bytes, work: Path, layout: Path
+) -> tuple[str, dict[str, Any]]:
+    rng = random.Random(n)
+    top = work / f"layer-{n}"
+    mean = size // files
+    for i in range(files):
+        d = top / f"l{n}" / f"d{i // 500:03d}"
+        if i % 500 == 0:
+            d.mkdir(parents=True)
+        length = min(int(rng.expovariate(1 / mean)), 4 << 20)
+        start = rng.randrange(0, len(pool) - length)
+        (d / f"f{i:05d}").write_bytes(pool[start : start + length])
+    tar = work / f"layer-{n}.tar"
+    subprocess.run(
+        ["tar", "--sort=name", "--owner=0", "--group=0", "--numeric-owner", "--mtime=@1700000000",
+         "-C", str(top), "-cf", str(tar), "."],
+        check=True,
+    )  # fmt: skip
+    remove_tree(top)
+    diff_id = "sha256:" + _sha_file(tar)
+    blob = work / f"layer-{n}.tar.gz"
+    with open(blob, "wb") as out:
+        subprocess.run(["gzip", "-1", "-n", "-c", str(tar)], stdout=out, check=True)
+    tar.unlink()
+    digest = "sha256:" + _sha_file(blob)
+    os.rename(blob, layout / "blobs" / "sha256" / digest[7:])
+    desc = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest}
+    desc["size"] = os.stat(layout / "blobs" / "sha256" / digest[7:]).st_size
+    return diff_id, desc
+
+
+def _sha_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_doc(layout: Path, obj: Any, media_type: str) -> dict[str, Any]:
+    data = json.dumps(obj).encode()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    (layout / "blobs" / "sha256" / digest[7:]).write_bytes(data)
+    return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+
+def _image() -> Path:
+    layout = CACHE / "oci"
+    if (layout / "index.json").exists():
+        return layout
+    remove_tree(CACHE)  # a build that did not finish
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    work = CACHE / "work"
+    work.mkdir()
+    pool = _pool()
+    built = [
+        _build_layer(n, max(1, int(f * SCALE)), int(s * SCALE), pool, work, layout)
+        for n, (f, s) in enumerate(LAYERS)
+    ]
+    host = pysnap.images.Platform.host()
+    config = {
+        "architecture": host.architecture,
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [d for d, _ in built]},
+    }
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": _write_doc(layout, config, "application/vnd.oci.image.config.v1+json"),
+        "layers": [desc for _, desc in built],
+    }
+    top = _write_doc(layout, manifest, "application/vnd.oci.image.manifest.v1+json")
+    top["annotations"] = {
+        "org.opencontainers.image.ref.name": REF,
+        "io.containerd.image.name": f"example.com/{REF}:1",
+    }
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [top]}))
+    subprocess.run(["tar", "-C", str(layout), "-cf", str(CACHE / "oci.tar"), "."], check=True)
+    remove_tree(work)
+    return layout
+
+
+@pytest.fixture(scope="session")
+def image() -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (overlay mounts)")
+    return _image()
+
+
+@pytest.fixture(params=list(FILESYSTEMS))
+def scratch(request: pytest.FixtureRequest) -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="pysnap-bench-img-", dir=FILESYSTEMS[request.param]))
+    yield d
+    remove_tree(d)
+
+
+def _record(benchmark: Any, group: str, row: str) -> None:
+    MEDIANS[(group, row)] = median(benchmark)
+    base = MEDIANS.get((group, "pysnap"))
+    if base:
+        benchmark.extra_info["ratio to pysnap"] = round(MEDIANS[(group, row)] / base, 2)
+
+
+def _fs(scratch: Path) -> str:
+    return next(k for k, v in FILESYSTEMS.items() if str(scratch).startswith(v))
+
+
+# ---- unpack -------------------------------------------------------------------------
+
+
+def _fresh(scratch: Path, name: str) -> Path:
+    path = scratch / name
+    for m in pysnap.mountinfo.mounts_under(str(path)) if path.exists() else ():
+        pysnap.unmount(m.mount_point, detach=True)
+    remove_tree(path)
+    return path
+
+
+def test_unpack_pysnap(benchmark: Any, image: Path, scratch: Path) -> None:
+    group = f"unpack {_fs(scratch)}"
+    benchmark.group = group
+    state: dict[str, Any] = {}
+
+    def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if "sn" in state:
+            state["sn"].close()
+        state["sn"] = pysnap.OverlaySnapshotter(_fresh(scratch, "root"))
+        return (state["sn"], image), {}
+
+    result = benchmark.pedantic(unpack, setup=setup, rounds=2, iterations=1)
+    benchmark.extra_info["files"] = sum(layer.entries for layer in result.layers)
+    state["sn"].close()
+    _record(benchmark, group, "pysnap")
+
+
+def test_unpack_umoci(benchmark: Any, image: Path, scratch: Path) -> None:
+    group = f"unpack {_fs(scratch)}"
+    benchmark.group = group
+
+    def run() -> None:
+        subprocess.run(
+            ["umoci", "unpack", "--image", f"{image}:{REF}", str(scratch / "bundle")],
+            check=True,
+            capture_output=True,
+        )
+
+    benchmark.pedantic(
+        run, setup=lambda: _fresh(scratch, "bundle") and None, rounds=2, iterations=1
+    )
+    _record(benchmark, group, "umoci unpack")
+
+
+@contextlib.contextmanager
+def _containerd(root: Path) -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
+    """A private containerd 1.6, its root (overlayfs snapshots) under ``root``."""
+    base = Path(tempfile.mkdtemp(prefix="pysnap-bctd-", dir="/tmp"))  # short socket paths
+    address = str(base / "c.sock")
+    (base / "config.toml").write_text(
+        f'version = 2\nroot = "{root}"\nstate = "{base}/state"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{address}"\n[ttrpc]\n  address = "{address}.ttrpc"\n'
+        f'[debug]\n  address = "{base}/debug.sock"\n'
+    )
+    with open(base / "log", "wb") as log:
+        daemon = subprocess.Popen(
+            ["containerd", "--config", str(base / "config.toml")], stdout=log, stderr=log
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(address) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        def ctr(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["ctr", "--address", address, *args], check=True, capture_output=True, text=True
+            )
+
+        yield ctr
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(30)
+        for m in pysnap.mountinfo.mounts_under(str(root)):
+            pysnap.unmount(m.mount_point, detach=True)
+        remove_tree(base)
+
+
+@pytest.mark.skipif(shutil.which("containerd") is None, reason="needs containerd")
+def test_unpack_containerd(benchmark: Any, image: Path, scratch: Path) -> None:
+    group = f"unpack {_fs(scratch)}"
+    benchmark.group = group
+    name = f"example.com/{REF}:1"
+    target = scratch / "mnt"
+    target.mkdir()
+    with _containerd(scratch / "containerd") as ctr:
+        ctr("images", "import", "--no-unpack", str(CACHE / "oci.tar"))  # content ingested once
+
+        def setup() -> None:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                ctr("images", "unmount", "--rm", str(target))
+
+            # remove the chain unpacked last, children first (a pass removes the
+            # leaves; containerd's GC may remove some meanwhile)
+            def keys() -> list[str]:
+                return [ln.split()[0] for ln in ctr("snapshots", "ls").stdout.splitlines()[1:]]
+
+            for _ in range(len(LAYERS) + 2):
+                for key in keys():
+                    with contextlib.suppress(subprocess.CalledProcessError):
+                        ctr("snapshots", "rm", key)
+            assert not keys(), "containerd's snapshots were not all removed"
+
+        benchmark.pedantic(
+            lambda: ctr("images", "mount", name, str(target)), setup=setup, rounds=2, iterations=1
+        )
+        ctr("images", "unmount", "--rm", str(target))
+    _record(benchmark, group, "containerd 1.6")
+
+
+# ---- export -------------------------------------------------------------------------
+
+
+def _change(root: Path) -> None:
+    """The layer made on top: 1,000 small files."""
+    d = root / "app"
+    d.mkdir()
+    for i in range(1000):
+        (d / f"f{i}").write_bytes(b"x" * (i * 10))
+
+
+def test_export_pysnap(benchmark: Any, image: Path, scratch: Path) -> None:
+    group = f"export {_fs(scratch)}"
+    benchmark.group = group
+    with pysnap.OverlaySnapshotter(scratch / "root") as sn:
+        top = unpack(sn, image).top
+        with pysnap.mounted(sn.prepare("build", top)) as root:
+            _change(Path(root))
+        sn.commit("app", "build")
+        benchmark.pedantic(
+            export,
+            args=(sn, "app", scratch / "out"),
+            setup=lambda: _fresh(scratch, "out") and None,
+            rounds=3,
+            iterations=1,
+        )
+    _record(benchmark, group, "pysnap")
+
+
+def test_export_umoci_repack(benchmark: Any, image: Path, scratch: Path) -> None:
+    group = f"export {_fs(scratch)}"
+    benchmark.group = group
+
+    def setup() -> None:
+        _fresh(scratch, "oci")
+        _fresh(scratch, "bundle")
+        subprocess.run(["cp", "-a", str(image), str(scratch / "oci")], check=True)
+        subprocess.run(
+            ["umoci", "unpack", "--image", f"{scratch / 'oci'}:{REF}", str(scratch / "bundle")],
+            check=True,
+            capture_output=True,
+        )
+        _change(scratch / "bundle" / "rootfs")
+
+    def run() -> None:
+        subprocess.run(
+            ["umoci", "repack", "--image", f"{scratch / 'oci'}:{REF}", str(scratch / "bundle")],
+            check=True,
+            capture_output=True,
+        )
+
+    benchmark.pedantic(run, setup=setup, rounds=2, iterations=1)
+    _record(benchmark, group, "umoci repack")

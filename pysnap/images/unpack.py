@@ -1,0 +1,249 @@
+"""Unpacking an image into a chain of committed snapshots named by chain ID, as containerd does.
+
+Each layer's snapshot is named by its chain ID (OCI image spec), so a layer
+already unpacked, by this image or another, is reused and never applied
+again. A layer to apply goes into a fresh ACTIVE snapshot keyed
+``extract-<unique> <chainID>`` on the previous chain ID (containerd's
+unpacker names them so), whose labels carry the owner (boot id, pid and
+start time: pysnap.owner), and is committed under its chain ID. A failure
+removes the ``extract-*`` key; a killed unpack's keys are removed by the
+next unpack, which finds their owner gone. Two unpacks racing for one chain
+ID both apply it; the second commit meets AlreadyExistsError and takes the
+first one's snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
+
+from .. import blobstore, owner
+from ..archive import Layer
+from ..errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from ..types import Info, Kind
+from .layout import ImageSource, LayerBlob
+from .oci import chain_ids, media_type_of
+
+if TYPE_CHECKING:
+    from ..overlay import OverlaySnapshotter
+
+__all__ = [
+    "DIFF_ID_LABEL",
+    "ENTRIES_LABEL",
+    "OWNER_LABEL",
+    "PARENT_CHAIN_LABEL",
+    "REF_LABEL",
+    "Image",
+    "remove_stale_extracts",
+    "unpack",
+]
+
+# containerd's labels: snapshot.ref on every version; the other two are what
+# containerd 2.3+ sends with an unpack's prepare.
+REF_LABEL = "containerd.io/snapshot.ref"
+DIFF_ID_LABEL = "containerd.io/snapshot/diff-id"
+PARENT_CHAIN_LABEL = "containerd.io/snapshot/parent-chain-id"
+# Ours: the number of entries the apply wrote, and an extract key's owner.
+ENTRIES_LABEL = "pysnap.io/layer.entries"
+OWNER_LABEL = "pysnap.io/extract.owner"
+
+EXTRACT_PREFIX = "extract-"
+
+
+@dataclass(frozen=True)
+class Image:
+    """An unpacked image: its manifest and config, and the snapshots of its layers.
+
+    ``manifest_digest`` is ``""`` for a legacy ``docker save`` archive, which
+    has no manifest blob. ``top`` is the last chain ID: prepare on it to run
+    or build on the image. ``layers`` are the ``pysnap.Layer`` of each layer,
+    applied now or reused (``entries`` is 0 for one reused from a snapshot
+    that was not made by pysnap).
+    """
+
+    manifest_digest: str
+    config_digest: str
+    config: Mapping[str, Any]
+    diff_ids: tuple[str, ...]
+    chain_ids: tuple[str, ...]
+    top: str
+    layers: tuple[Layer, ...]
+
+
+def unpack(
+    sn: OverlaySnapshotter,
+    source: str | os.PathLike[str],
+    *,
+    ref: str | None = None,
+    platform: str | None = None,
+) -> Image:
+    """Unpack the image ``ref`` (or the only one) of ``source`` for ``platform`` into ``sn``.
+
+    ``source``: an OCI image layout (a directory or a tar of one) or a
+    ``docker save`` archive. ``platform``: ``os/arch[/variant]``, default
+    this machine's. Every blob is verified by size and digest as it
+    streams, every layer by its diff ID.
+
+    Raises:
+        NotFoundError: no such source, image, platform or blob (a
+            non-distributable one: the message gives its URLs).
+        InvalidArgumentError: several images and no ref; a malformed
+            document; a size, digest or diff ID mismatch; a truncated archive;
+            an unknown media type.
+        UnimplementedError: an encrypted layer.
+        FailedPreconditionError: a snapshot named by a chain ID that is not
+            a committed snapshot of that chain.
+    Layers committed before a failure stay (their chain IDs are right).
+    """
+    with ImageSource(source) as src:
+        resolved = src.resolve(ref, platform)
+        chains = chain_ids(resolved.diff_ids)
+        remove_stale_extracts(sn)
+        existing = [_existing(sn, c, chains[i - 1] if i else "") for i, c in enumerate(chains)]
+        for i, blob in enumerate(resolved.layers):
+            if existing[i] is None and not src.has_blob(blob):
+                src.open_blob(blob, _what(i, blob))  # raises the NotFoundError naming it
+        layers = []
+        for i, (blob, diff_id, chain) in enumerate(
+            zip(resolved.layers, resolved.diff_ids, chains, strict=True)
+        ):
+            info = existing[i]
+            if info is not None:
+                layers.append(_reused(blob, diff_id, info))
+            else:
+                layers.append(_apply(sn, src, i, blob, diff_id, chain, chains[i - 1] if i else ""))
+    return Image(
+        resolved.manifest_digest,
+        resolved.config_digest,
+        resolved.config,
+        resolved.diff_ids,
+        tuple(chains),
+        chains[-1] if chains else "",
+        tuple(layers),
+    )
+
+
+def remove_stale_extracts(sn: OverlaySnapshotter) -> list[str]:
+    """Remove ``extract-*`` snapshots whose owner no longer runs; their keys."""
+    removed = []
+    for info in sn.walk(f"name~=^{EXTRACT_PREFIX},kind==active"):
+        who = owner.Owner.parse(info.labels.get(OWNER_LABEL, ""))
+        if who is None or who.alive() or not info.name.startswith(EXTRACT_PREFIX):
+            continue
+        with contextlib.suppress(NotFoundError):  # another unpack removed it first
+            sn.remove(info.name)
+            removed.append(info.name)
+    return removed
+
+
+def _what(i: int, blob: LayerBlob) -> str:
+    return f"layer {i} {blob.desc.digest or blob.path}"
+
+
+def _existing(sn: OverlaySnapshotter, chain: str, parent: str) -> Info | None:
+    """The committed snapshot named ``chain``, or None; refuse one that is not that layer."""
+    try:
+        info = sn.stat(chain)
+    except NotFoundError:
+        return None
+    if info.kind != Kind.COMMITTED or info.parent != parent:
+        raise FailedPreconditionError(
+            f"unpack: snapshot {chain!r} exists but is not the committed layer on "
+            f"{parent or 'no parent'!r} its chain ID names"
+        )
+    return info
+
+
+def _labels(blob: LayerBlob, diff_id: str, chain: str, parent: str) -> dict[str, str]:
+    labels = {REF_LABEL: chain, DIFF_ID_LABEL: diff_id}
+    if parent:
+        labels[PARENT_CHAIN_LABEL] = parent
+    if blob.desc.digest:
+        labels[blobstore.BLOB_DIGEST_LABEL] = blob.desc.digest
+        labels[blobstore.BLOB_MEDIA_TYPE_LABEL] = blob.desc.media_type
+    labels[blobstore.BLOB_SIZE_LABEL] = str(blob.desc.size)
+    return labels
+
+
+def _apply(
+    sn: OverlaySnapshotter,
+    src: ImageSource,
+    i: int,
+    blob: LayerBlob,
+    diff_id: str,
+    chain: str,
+    parent: str,
+) -> Layer:
+    """Apply one layer into an extract key and commit it as ``chain``; its Layer."""
+    what = _what(i, blob)
+    key = f"{EXTRACT_PREFIX}{time.time_ns()}-{secrets.token_hex(4)} {chain}"
+    labels = _labels(blob, diff_id, chain, parent)
+    # The blob label is on the prepare: cleanup() keeps the blob from its rename on.
+    sn.prepare(key, parent, labels={**labels, OWNER_LABEL: str(owner.current())})
+    ingest = None
+    try:
+        have = blob.desc.digest and os.path.exists(blobstore.blob_path(sn.root, blob.desc.digest))
+        ingest = None if have else blobstore.Ingest(sn.root)
+        with src.open_blob(blob, what, tee=ingest) as reader:
+            try:
+                # a RawIOBase: what apply reads of a BinaryIO (read/readinto) it has
+                applied = sn.apply(key, cast(BinaryIO, reader), diff_id=diff_id)
+            except Exception as e:
+                # A damaged blob fails the apply first (a gzip CRC, a tar header):
+                # read it to its end, and report the blob's digest if that is it.
+                with contextlib.suppress(InvalidArgumentError):
+                    reader.finish()
+                if reader.error is not None:
+                    raise reader.error from e
+                raise
+            digest = reader.finish()
+            media_type = blob.desc.media_type if blob.desc.digest else media_type_of(reader.head)
+        if not blob.desc.digest:  # legacy docker: the digest is known only now
+            found = {
+                blobstore.BLOB_DIGEST_LABEL: digest,
+                blobstore.BLOB_MEDIA_TYPE_LABEL: media_type,
+            }
+            labels.update(found)
+            sn.update(Info(name=key, labels=found), *(f"labels.{k}" for k in found))
+        if ingest is not None:
+            ingest.commit(digest)
+            ingest = None
+        labels[ENTRIES_LABEL] = str(applied.entries)
+        try:
+            sn.commit(chain, key, labels=labels)
+        except AlreadyExistsError:  # a concurrent unpack committed this layer first
+            info = _existing(sn, chain, parent)
+            if info is None:
+                raise
+            sn.remove(key)
+            return _reused(blob, diff_id, info)
+    except BaseException:
+        if ingest is not None:
+            ingest.abort()
+        with contextlib.suppress(NotFoundError):
+            sn.remove(key)
+        raise
+    return Layer(applied.diff_id, digest, blob.desc.size, media_type, applied.entries)
+
+
+def _reused(blob: LayerBlob, diff_id: str, info: Info) -> Layer:
+    """The Layer of ``blob``, already unpacked as ``info``: this image's blob, else its labels."""
+    labels = info.labels
+    digest = blob.desc.digest or labels.get(blobstore.BLOB_DIGEST_LABEL, "")
+    media_type = blob.desc.media_type
+    if not blob.desc.digest:
+        media_type = labels.get(blobstore.BLOB_MEDIA_TYPE_LABEL, media_type)
+    entries = labels.get(ENTRIES_LABEL, "0")
+    return Layer(
+        diff_id, digest, blob.desc.size, media_type, int(entries) if entries.isdigit() else 0
+    )
