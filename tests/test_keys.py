@@ -154,6 +154,30 @@ def test_truncations(impl: ModuleType) -> None:
             impl.decode_info("x", rec[:n])
 
 
+def test_decode_infos_ascii_and_not(impl: ModuleType) -> None:
+    # ASCII text takes a copying shortcut in snapcore: both paths give equal
+    # str, and equal timestamps come back as equal ints.
+    names = ["a", "x0-c9", "tab\there\x7f", "ü", "snap-日本", "\x00"]
+    pairs = []
+    expected = []
+    for i, name in enumerate(names):
+        parent = names[i - 1]
+        labels = {name: parent, "k": "v"}
+        created = 10**18 + i
+        updated = created if i % 2 else created + 1
+        pairs.append(
+            (name.encode(), impl.encode_record(i + 1, 3, parent, labels, created, updated))
+        )
+        expected.append(
+            Info(Kind.COMMITTED, name, parent, labels, created_ns=created, updated_ns=updated)
+        )
+    infos = impl.decode_infos(pairs)
+    assert infos == expected
+    for info, name in zip(infos, names, strict=True):
+        assert info.name == name and hash(info.name) == hash(name)
+        assert info.name.isascii() == name.isascii()
+
+
 def test_decode_infos_bad_name() -> None:
     rec = keys.encode_record(1, 1, "", {}, 0, 0)
     for impl in IMPLS.values():
