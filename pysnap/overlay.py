@@ -20,6 +20,10 @@ recreated exactly as prepare made them for an ACTIVE or VIEW record, or for a
 COMMITTED one whose stored usage says it was empty; any other COMMITTED record
 without its directory is CorruptStoreError, never an empty layer. Nothing
 scans the records at open.
+
+Over 500 lines: it is one class, the whole public contract of the snapshotter
+(as containerd's overlay.go is one file), each method with its docstring; the
+file and policy work it calls lives in storage, overlayopts, archive and fsutil.
 """
 
 from __future__ import annotations
