@@ -16,8 +16,9 @@ into its own parentless extract key (a thread pool sized to the cores: the
 apply loop releases the GIL), and commits them in chain order with
 ``commit(parent=)`` (containerd 2.2's rebase), which gives the directories an
 apply made implicitly the metadata of their first lower: the tree is the
-sequential unpack's. A failure stops the applies still running (their reads
-fail) and removes every extract key of this unpack.
+sequential unpack's. A failure stops the applies of the layers above it
+(their reads fail) and removes every extract key of this unpack; the layers
+below it are committed, as a sequential unpack leaves them.
 """
 
 from __future__ import annotations
@@ -227,7 +228,17 @@ def _apply_parallel(
         with ThreadPoolExecutor(max_workers=min(len(todo), _cores())) as pool:
             futures: dict[int, Future[_Extracted]] = {
                 i: pool.submit(
-                    stop.run, _extract, sn, src, i, blobs[i], diff_ids[i], keys[i], labels[i], stop
+                    stop.run,
+                    i,
+                    _extract,
+                    sn,
+                    src,
+                    i,
+                    blobs[i],
+                    diff_ids[i],
+                    keys[i],
+                    labels[i],
+                    stop,
                 )
                 for i in todo
             }
@@ -237,13 +248,10 @@ def _apply_parallel(
                     done[i] = _commit(
                         sn, blobs[i], diff_ids[i], chains[i], parent, keys[i], futures[i].result()
                     )
-            except BaseException as e:
-                stop.fail(e)
+            except BaseException:
+                stop.fail(i)  # the lowest failure: those below it are committed
                 for f in futures.values():
                     f.cancel()
-                first = stop.first
-                if first is not None and first is not e:
-                    raise first from None  # the layer that failed, not one it stopped
                 raise
     except BaseException:
         for i in todo:
@@ -261,33 +269,36 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-class _Stop(threading.Event):
-    """Set by the first failure of a parallel unpack, which it keeps."""
+class _Stop:
+    """The lowest layer of a parallel unpack that failed: the layers above it stop, those
+    below it go on, to be committed as a sequential unpack would have."""
 
     def __init__(self) -> None:
-        super().__init__()
         self._lock = threading.Lock()
-        self.first: BaseException | None = None
+        self._failed: int | None = None
 
-    def fail(self, e: BaseException) -> None:
+    def fail(self, i: int) -> None:
         with self._lock:
-            if not self.is_set():
-                self.first = e
-                self.set()
+            if self._failed is None or i < self._failed:
+                self._failed = i
 
-    def run(self, fn: Any, *args: Any) -> Any:
+    def stopped(self, i: int) -> bool:
+        failed = self._failed
+        return failed is not None and i > failed
+
+    def run(self, i: int, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)
-        except BaseException as e:
-            self.fail(e)
+        except BaseException:
+            self.fail(i)
             raise
 
 
 class _Stoppable:
-    """A blob reader whose reads fail once another layer of the unpack failed."""
+    """A blob reader whose reads fail once a layer below its own failed."""
 
-    def __init__(self, reader: Any, stop: threading.Event) -> None:
-        self._reader, self._stop = reader, stop
+    def __init__(self, reader: Any, stop: _Stop, i: int) -> None:
+        self._reader, self._stop, self._i = reader, stop, i
 
     def read(self, n: int = -1) -> bytes:
         self._check()
@@ -298,8 +309,8 @@ class _Stoppable:
         return cast(int, self._reader.readinto(buf))
 
     def _check(self) -> None:
-        if self._stop.is_set():
-            raise FailedPreconditionError("unpack: stopped, another layer failed")
+        if self._stop.stopped(self._i):
+            raise FailedPreconditionError("unpack: stopped, a layer below failed")
 
 
 @dataclass(frozen=True)
@@ -317,7 +328,7 @@ def _extract(
     diff_id: str,
     key: str,
     labels: dict[str, str],
-    stop: threading.Event | None = None,
+    stop: _Stop | None = None,
 ) -> _Extracted:
     """Apply one layer into the extract ``key`` and keep its blob; the caller removes the key
     after a failure. ``labels`` gain the blob's digest and media type when found only now."""
@@ -327,14 +338,14 @@ def _extract(
         have = blob.desc.digest and os.path.exists(blobstore.blob_path(sn.root, blob.desc.digest))
         ingest = None if have else blobstore.Ingest(sn.root)
         with src.open_blob(blob, what, tee=ingest) as reader:
-            layer = reader if stop is None else _Stoppable(reader, stop)
+            layer = reader if stop is None else _Stoppable(reader, stop, i)
             try:
                 # a RawIOBase: what apply reads of a BinaryIO (read/readinto) it has
                 applied = sn.apply(key, cast(BinaryIO, layer), diff_id=diff_id)
             except Exception as e:
                 # A damaged blob fails the apply first (a gzip CRC, a tar header):
                 # read it to its end, and report the blob's digest if that is it.
-                if stop is not None and stop.is_set():
+                if stop is not None and stop.stopped(i):
                     raise
                 with contextlib.suppress(InvalidArgumentError):
                     reader.finish()
