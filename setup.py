@@ -20,7 +20,15 @@ def ext(name: str) -> Extension:
 
 setup(
     ext_modules=cythonize(
-        [ext("du"), ext("mount"), ext("keys"), ext("statx"), ext("wire"), ext("fsops")],
+        [
+            ext("du"),
+            ext("mount"),
+            ext("keys"),
+            ext("statx"),
+            ext("wire"),
+            ext("fsops"),
+            ext("rmtree"),
+        ],
         compiler_directives={"language_level": "3", "embedsignature": True},
         annotate=DEBUG,
     )

@@ -13,6 +13,12 @@ roots, ``size = sum(st_blocks * 512)`` (``st_size`` with ``apparent=True``).
 How, and why (measured in issue 3: ~94% of a walk is kernel time, so the job is
 to make the fewest syscalls and nothing else):
 
+* Shared with snapcore.rmtree (issue 10: one traversal primitive): the
+  fd-level steps in ``includes/dirwalk.pxd`` (open a directory by name,
+  read its entries, skip the dot entries), inline, so this loop compiles as
+  before. The frames, the fd window (its ".." reopen degrades on EMFILE,
+  rmtree's does not need to) and the worker pool stay here: removal needs
+  none of them (see rmtree's opening comment).
 * The whole walk runs in C with the GIL released and no Python object per
   entry: ``openat(parent, name, O_DIRECTORY|O_NOFOLLOW)``, ``getdents64`` into
   one reused buffer, one ``statx(dirfd, name, AT_SYMLINK_NOFOLLOW)`` per
@@ -82,7 +88,7 @@ from posix.signal cimport SIG_SETMASK, SIG_BLOCK, sigfillset
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 from posix.types cimport sigset_t
 
-from .includes cimport linux
+from .includes cimport dirwalk, linux
 from .includes.oserr cimport raise_oserror
 
 cdef enum:
@@ -673,14 +679,11 @@ cdef int _scan(Worker *w, int depth) noexcept nogil:
     f.klen = 0
     f.kpos = 0
     while True:
-        n = linux.snap_getdents64(fd, buf, BUFSZ)
+        n = dirwalk.read_dents(fd, buf, BUFSZ)
         if n < 0:
-            err = errno.errno
-            if err == errno.EINTR:
-                continue
-            if err == errno.ENOENT or err == errno.ESTALE:
+            if n == -errno.ENOENT or n == -errno.ESTALE:
                 break
-            return _fail(w, err, depth, NULL)
+            return _fail(w, <int>-n, depth, NULL)
         if n == 0:
             break
         off = 0
@@ -688,7 +691,7 @@ cdef int _scan(Worker *w, int depth) noexcept nogil:
             d = <linux.snap_dirent64 *>(buf + off)
             off += d.d_reclen
             name = d.d_name
-            if name[0] == b'.' and (name[1] == 0 or (name[1] == b'.' and name[2] == 0)):
+            if dirwalk.is_dot(name):
                 continue
             r = linux.snap_lstatx(fd, name, &st)
             if r != 0:
@@ -737,19 +740,6 @@ cdef int _scan(Worker *w, int depth) noexcept nogil:
     return OK
 
 
-cdef int _openat(int dirfd, const char *name, int *out) noexcept nogil:
-    """openat(dirfd, name, O_DIRECTORY|O_NOFOLLOW...), EINTR retried. 0 or errno."""
-    cdef int fd, err
-    while True:
-        fd = linux.openat(dirfd, name, OPEN_DIR)
-        if fd >= 0:
-            out[0] = fd
-            return 0
-        err = errno.errno
-        if err != errno.EINTR:
-            return err
-
-
 cdef void _shed(Worker *w) noexcept nogil:
     """Close the shallowest frame of the fd window (lo < top)."""
     if w.frames[w.lo].fd >= 0:
@@ -759,7 +749,7 @@ cdef void _shed(Worker *w) noexcept nogil:
 
 
 cdef int _open_dir(Worker *w, int dirfd, const char *name, int *out) noexcept nogil:
-    """_openat for the walk, which degrades instead of failing when fds run short.
+    """open_dir_at for the walk, which degrades instead of failing when fds run short.
 
     On EMFILE/ENFILE (issue 10: GNU du works with 16 fds) no more workers
     start, the worker closes the shallowest frame of its window, and every
@@ -772,7 +762,7 @@ cdef int _open_dir(Worker *w, int dirfd, const char *name, int *out) noexcept no
     ts.tv_sec = 0
     ts.tv_nsec = FD_WAIT_NS
     while True:
-        err = _openat(dirfd, name, out)
+        err = dirwalk.open_dir_at(dirfd, name, out)
         if err != errno.EMFILE and err != errno.ENFILE:
             return err
         linux.pthread_mutex_lock(&wk.lock)
@@ -801,12 +791,10 @@ cdef int _fds_free() noexcept nogil:
     if linux.getrlimit(linux.RLIMIT_NOFILE, &rl) != 0 or rl.rlim_cur == linux.RLIM_INFINITY \
             or rl.rlim_cur > 1 << 20:
         return 1 << 20
-    if _openat(linux.AT_FDCWD, b"/proc/self/fd", &fd) != 0:
+    if dirwalk.open_dir_at(linux.AT_FDCWD, b"/proc/self/fd", &fd) != 0:
         return 1 << 20
     while True:
-        n = linux.snap_getdents64(fd, buf, sizeof(buf))
-        if n < 0 and errno.errno == errno.EINTR:
-            continue
+        n = dirwalk.read_dents(fd, buf, sizeof(buf))
         if n <= 0:
             break
         off = 0
@@ -903,7 +891,7 @@ cdef int _export(Worker *w) noexcept nogil:
     k = <Kid *>(f.kids + f.kpos)
     f.kpos += k.size
     name = <const char *>k + sizeof(Kid)
-    err = _openat(f.fd, name, &fd)
+    err = dirwalk.open_dir_at(f.fd, name, &fd)
     if err != 0:
         if err == errno.EMFILE or err == errno.ENFILE:
             f.kpos -= k.size      # no fd to hand over: walk it here
@@ -1200,7 +1188,7 @@ cdef int _count_root(Worker *w, RootArg *ra, int i) noexcept nogil:
     w.size += <uint64_t>ra.size if wk.apparent else <uint64_t>ra.blocks * 512
     if not linux.S_ISDIR(ra.mode):
         return OK
-    err = _openat(linux.AT_FDCWD, ra.path, &fd)
+    err = dirwalk.open_dir_at(linux.AT_FDCWD, ra.path, &fd)
     if err != 0:
         return _fail_path(wk, err, i, ra.path)
     job.next = NULL
@@ -1495,11 +1483,9 @@ def supports_d_type(path):
             try:
                 with nogil:
                     while found < 0:
-                        n = linux.snap_getdents64(fd, buf, BUFSZ)
-                        if n < 0 and errno.errno == errno.EINTR:
-                            continue
+                        n = dirwalk.read_dents(fd, buf, BUFSZ)
                         if n <= 0:
-                            err = errno.errno if n < 0 else 0
+                            err = <int>-n
                             break
                         off = 0
                         while off < n:

@@ -8,12 +8,16 @@
   reached by what the program does, never by timing.
 - ``interrupt_each_call``: KeyboardInterrupt right after the k-th call of a
   function, for k = 1, 2, ... until a run completes (every point covered).
+- ``gate_opens``: a hook on the k-th open of chosen directories, run while
+  that open waits (fanotify permission events), for code in C that calls no
+  Python (the compiled walks): a point reached by what it does, not timing.
 
 Run as a script, this module is that child (see ``interrupt_at``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import json
@@ -26,6 +30,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,6 +211,75 @@ def interrupt_each_call(
         if calls[0] < k:
             return
     pytest.fail(f"{name} was called more than {most} times")
+
+
+# ----------------------------------- a hook on the opens of chosen directories
+
+_FAN_CLASS_CONTENT, _FAN_CLOEXEC, _FAN_MARK_ADD = 0x4, 0x1, 0x1
+_FAN_OPEN_PERM, _FAN_ONDIR, _FAN_ALLOW = 0x10000, 0x40000000, 0x1
+_AT_FDCWD = -100
+
+
+def gate_opens(
+    paths: Sequence[str | os.PathLike[str]], act: Callable[[int], None]
+) -> Callable[[], None]:
+    """Run ``act(k)`` in a thread of its own while the k-th open (k = 1, 2, ...)
+    of any directory in paths waits; that open goes on when act returns.
+    Returns the function that ends the gate. Root only.
+
+    Raises:
+        OSError: fanotify, or its permission events on directories, unavailable.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fanotify_mark.argtypes = [
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_uint64,
+        ctypes.c_int,
+        ctypes.c_char_p,
+    ]
+    fan = int(libc.fanotify_init(_FAN_CLASS_CONTENT | _FAN_CLOEXEC, os.O_RDONLY))
+    if fan < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"fanotify_init: {os.strerror(err)}")
+    for p in paths:
+        if (
+            libc.fanotify_mark(
+                fan, _FAN_MARK_ADD, _FAN_OPEN_PERM | _FAN_ONDIR, _AT_FDCWD, os.fsencode(p)
+            )
+            != 0
+        ):
+            err = ctypes.get_errno()
+            os.close(fan)
+            raise OSError(err, f"fanotify_mark: {os.strerror(err)}", p)
+    done = threading.Event()
+
+    def serve() -> None:
+        k = 0
+        while not done.is_set():
+            ready, _, _ = select.select([fan], [], [], 0.05)
+            if not ready:
+                continue
+            data = os.read(fan, 4096)
+            while data:
+                size, _, _, _, _, efd, _ = struct.unpack("IBBHQii", data[:24])
+                k += 1
+                try:
+                    act(k)
+                finally:
+                    os.write(fan, struct.pack("iI", efd, _FAN_ALLOW))
+                    os.close(efd)
+                data = data[size:]
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+
+    def stop() -> None:
+        done.set()
+        t.join()
+        os.close(fan)
+
+    return stop
 
 
 if __name__ == "__main__":

@@ -309,22 +309,23 @@ def run_hook(mode: str, argv: list[str]) -> int:
         OverlaySnapshotter._remove_dirs = remove_dirs  # type: ignore[method-assign]
         sn.remove(argv[1])
     elif mode == "hook-remove-partial":
-        # Let the real removal unlink a few entries, then die in the middle of it.
-        state = {"n": 0}
-        real = {name: getattr(os, name) for name in ("unlink", "rmdir", "remove")}
+        # Let the real (compiled) removal empty one subdirectory of the upper,
+        # then die while it opens the next one.
+        from interrupts import gate_opens
 
-        def counting(name):  # type: ignore[no-untyped-def]
-            def f(*a, **kw):  # type: ignore[no-untyped-def]
-                real[name](*a, **kw)
-                state["n"] += 1
-                if state["n"] == 40:
-                    print("partial", flush=True)
-                    _die()
+        def die_at_second(k: int) -> None:
+            if k == 2:
+                print("partial", flush=True)
+                _die()
 
-            return f
-
-        for name in real:
-            setattr(os, name, counting(name))
+        # Every upper's subdirectories: remove opens only its own tree's.
+        subdirs = [
+            os.path.join(snapshots, d, "fs", n)
+            for d in os.listdir(snapshots)
+            if os.path.isdir(os.path.join(snapshots, d, "fs"))
+            for n in os.listdir(os.path.join(snapshots, d, "fs"))
+        ]
+        gate_opens([p for p in subdirs if os.path.isdir(p)], die_at_second)
         sn.remove(argv[1])
     elif mode == "hook-commit":
         name, key = argv[1:3]

@@ -6,11 +6,12 @@ import errno
 import os
 import signal
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from interrupts import interrupt_each_call
+from interrupts import gate_opens, interrupt_each_call
 from privileges import as_nobody, unprivileged
 
 from pysnap.fsutil import remove_tree
@@ -325,3 +326,65 @@ def test_is_mount_root(tmp_path: Path) -> None:
             is_mount_root(fd, "missing")
     finally:
         os.close(fd)
+
+
+# ---- the compiled walk: its errors and a real Ctrl-C --------------------------
+
+
+def test_an_error_inside_names_the_full_path(public_tmp: Path) -> None:
+    """An entry it may not remove: the error names its full path, the rest goes."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a directory the walking user does not own")
+    tree = public_tmp / "err"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "f").write_text("x")
+    (tree / "other").mkdir()
+    (tree / "other" / "g").write_text("x")
+    os.chown(public_tmp, 65534, 65534)
+    os.chown(tree, 65534, 65534)
+    os.chown(tree / "other", 65534, 65534)  # sub stays root's: nobody can neither unlink nor chmod
+    with pytest.raises(PermissionError) as e:
+        as_nobody(lambda: remove_tree(tree))
+    assert e.value.filename == str(tree / "sub")
+    assert (tree / "sub" / "f").exists()
+    with pytest.raises(PermissionError) as eb:
+        as_nobody(lambda: remove_tree(os.fsencode(tree)))
+    assert eb.value.filename == os.fsencode(tree / "sub")
+
+
+@pytest.mark.root
+def test_sigint_inside_the_compiled_walk(tmp_path: Path) -> None:
+    """A real SIGINT while the walk runs in C (GIL released): KeyboardInterrupt
+    comes out, every fd the walk opened is closed, and a second run finishes.
+
+    The signal is sent while the walk's own open of b/ waits on a fanotify
+    permission event, so it lands inside the walk, with more than the walk's
+    check interval (4096 entries) still to go in b/: no timing involved.
+    """
+    tree = tmp_path / "t"
+    (tree / "b").mkdir(parents=True)
+    for i in range(6000):
+        os.mknod(tree / "b" / f"f{i}")
+    main = threading.main_thread().ident
+    assert main is not None
+    opens: list[int] = []
+
+    def sigint(k: int) -> None:
+        opens.append(k)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    before = len(os.listdir("/proc/self/fd"))
+    try:
+        stop = gate_opens([tree / "b"], sigint)
+    except OSError as e:
+        pytest.skip(str(e))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            remove_tree(tree)
+    finally:
+        stop()
+    assert opens == [1]
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert len(os.listdir(tree / "b")) > 0  # stopped inside b/
+    remove_tree(tree)
+    assert not tree.exists()

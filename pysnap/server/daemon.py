@@ -113,9 +113,12 @@ class SnapshotServer:
         server, self._server = self._server, None
         if server is None:
             return
-        self._unlink_own_socket()
         self._health.enter_graceful_shutdown()
-        server.stop(grace).wait()
+        # Refuse new calls first, then unlink: a client sharing an open
+        # connection must not get a call in between (grpc pools subchannels).
+        stopped = server.stop(grace)
+        self._unlink_own_socket()
+        stopped.wait()
         log.info("stopped serving on %s", self.address)
 
     def _unlink_own_socket(self) -> None:

@@ -8,6 +8,7 @@
 #ifndef SNAPCORE_COMPAT_H
 #define SNAPCORE_COMPAT_H
 
+#include <errno.h>
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
@@ -49,6 +50,19 @@ static inline int snap_lstatx(int dirfd, const char *name, struct statx *stx) {
 /* st_dev's encoding of the device, so statx and stat(2) results compare. */
 static inline uint64_t snap_statx_dev(const struct statx *stx) {
     return makedev(stx->stx_dev_major, stx->stx_dev_minor);
+}
+
+/* Whether the directory fd is the root of a mount: 1, 0, or -1 with errno
+ * (EOPNOTSUPP when the kernel does not report the attribute, before 5.8). */
+static inline int snap_is_mount_root(int fd) {
+    struct statx stx;
+    if (statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_INO, &stx) != 0)
+        return -1;
+    if (!(stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT)) {
+        errno = EOPNOTSUPP;
+        return -1;
+    }
+    return (stx.stx_attributes & STATX_ATTR_MOUNT_ROOT) != 0;
 }
 
 /* ---- relaxed atomics (du's workers: hints and progress counters) --------- */

@@ -15,18 +15,25 @@ cdef extern from "<sys/stat.h>" nogil:
         int64_t st_blocks
     int fstatat(int dirfd, const char *path, stat *buf, int flags)
     int fstat(int fd, stat *buf)
+    int fchmod(int fd, mode_t mode)
     bint S_ISDIR(mode_t m)
 
 cdef extern from "<fcntl.h>" nogil:
     int openat(int dirfd, const char *path, int flags, ...)
     int open(const char *path, int flags, ...)
     int O_RDONLY, O_DIRECTORY, O_NOFOLLOW, O_CLOEXEC, O_PATH
-    int AT_FDCWD, AT_SYMLINK_NOFOLLOW, AT_EMPTY_PATH
+    int AT_FDCWD, AT_SYMLINK_NOFOLLOW, AT_EMPTY_PATH, AT_REMOVEDIR
+    int fcntl(int fd, int cmd, ...)
+    int F_DUPFD_CLOEXEC
+
+cdef extern from "<dirent.h>" nogil:
+    unsigned char DT_DIR, DT_UNKNOWN
 
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
     ssize_t c_read "read" (int fd, void *buf, size_t n)
     int fchdir(int fd)
+    int unlinkat(int dirfd, const char *path, int flags)
 
 cdef extern from "<pthread.h>" nogil:
     # du's worker threads: opaque types, the calls du makes.
@@ -114,6 +121,7 @@ cdef extern from "includes/compat.h" nogil:
         uint64_t stx_blocks
     int snap_lstatx(int dirfd, const char *name, statx *stx)
     uint64_t snap_statx_dev(const statx *stx)
+    int snap_is_mount_root(int fd)
     uint64_t STATX_ATTR_MOUNT_ROOT
 
     int snap_fsopen(const char *fsname, unsigned int flags)
