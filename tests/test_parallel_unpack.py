@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import tarfile
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import pysnap
+from pysnap.cli import main
 from pysnap.errors import InvalidArgumentError, NotFoundError
 from pysnap.images import unpack
 from pysnap.images.oci import chain_ids
@@ -157,3 +159,20 @@ def test_failed_layer_stops_the_layers_above_and_leaves_no_extract_key(
             unpack(sn, layout, parallel=True)
         assert [i.name for i in sn.walk()] == [chains[0]]  # below the failure: committed
         assert len(os.listdir(tmp_path / "root" / "snapshots")) == 1  # theirs are gone
+
+
+def test_cli_sequential_flag_makes_the_same_chain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layout = _image(tmp_path, _layers())
+    tops = []
+    for name, flags in (("seq", ["--sequential"]), ("par", [])):
+        root = str(tmp_path / name)
+        assert main(["--root", root, "--json", "image", "unpack", str(layout), *flags]) == 0
+        tops.append(json.loads(capsys.readouterr().out)["top"])
+    assert tops[0] == tops[1]
+    with (
+        pysnap.OverlaySnapshotter(tmp_path / "seq") as seq,
+        pysnap.OverlaySnapshotter(tmp_path / "par") as par,
+    ):
+        assert _view(seq, tops[0]) == _view(par, tops[1])
