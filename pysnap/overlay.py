@@ -281,8 +281,7 @@ class OverlaySnapshotter:
                 if parent and not info.parent:
                     self._rebase_implied(name, sid, parent)
             self._commit(name, key, labels, sid, info, parent or "")
-        if parent:
-            implied.discard(self._dir(sid))
+        implied.discard(self._dir(sid))  # of no use once committed
 
     def _rebase_implied(self, name: str, sid: int, parent: str) -> None:
         """Give the implied directories of ``sid``'s upper their metadata in ``parent``.

@@ -91,7 +91,8 @@ def apply_to_snapshot(
         was_empty = _is_empty(upper)
         with guard.marked(snapshot_dir):
             try:
-                directories: dict[str, bool] = {}
+                # Without lowers, the implied parents get their metadata at commit(parent=).
+                directories: dict[str, bool] | None = None if lowers else {}
                 result = apply_stream(
                     upper,
                     lowers,
@@ -100,7 +101,7 @@ def apply_to_snapshot(
                     what=f"apply {key!r}",
                     directories=directories,
                 )
-                if not lowers:  # its implied parents get their metadata at commit(parent=)
+                if directories is not None:
                     implied.record(snapshot_dir, directories)
                 if sync:
                     fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
