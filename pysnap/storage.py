@@ -9,6 +9,10 @@ Errors follow bolt.go: a key or parent that does not exist is
 ``NotFoundError``; a taken key or name ``AlreadyExistsError``; an operation the
 snapshot's kind forbids ``FailedPreconditionError``; malformed input
 ``InvalidArgumentError``, raised before anything changes.
+
+Over 500 lines on purpose: every function that reads or writes a record, the
+parent index or the refs index lives here, so the record layout and the
+indexes' invariants are kept in one place (as bolt.go keeps them in one file).
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from ..errors import (
     InvalidArgumentError,
     NotFoundError,
 )
+from ..storage import REF_LABEL
 from ..types import Info, Kind
 from .layout import ImageSource, LayerBlob
 from .oci import chain_ids, media_type_of
@@ -59,9 +60,8 @@ __all__ = [
     "unpack",
 ]
 
-# containerd's labels: snapshot.ref on every version; the other two are what
-# containerd 2.3+ sends with an unpack's prepare.
-REF_LABEL = "containerd.io/snapshot.ref"
+# containerd's labels: snapshot.ref (storage.REF_LABEL) on every version; the
+# other two are what containerd 2.3+ sends with an unpack's prepare.
 DIFF_ID_LABEL = "containerd.io/snapshot/diff-id"
 PARENT_CHAIN_LABEL = "containerd.io/snapshot/parent-chain-id"
 # Ours: the number of entries the apply wrote, and an extract key's owner.
