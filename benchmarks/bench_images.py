@@ -7,8 +7,8 @@ built once (tar --sort=name, gzip -1) and cached under PYSNAP_BENCH_IMAGES
 (default /var/tmp/pysnap-bench-images). Every row runs on tmpfs (/dev/shm)
 and on the root disk (/var/tmp), each round into a fresh root:
 
-* unpack: pysnap's unpack (sequential; the parallel one where the
-  snapshotter has ``commit(parent=)``), containerd 1.6 unpacking the same
+* unpack: pysnap's unpack (parallel, the default, and sequential, in the
+  same run on the same image), containerd 1.6 unpacking the same
   image into its overlayfs snapshotter with the content already ingested
   (``ctr images import --no-unpack`` once, then ``ctr images mount``, which
   unpacks, per round), and ``umoci unpack``;
@@ -190,7 +190,8 @@ def _fresh(scratch: Path, name: str) -> Path:
     return path
 
 
-def test_unpack_pysnap(benchmark: Any, image: Path, scratch: Path) -> None:
+@pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "sequential"])
+def test_unpack_pysnap(benchmark: Any, image: Path, scratch: Path, parallel: bool) -> None:
     group = f"unpack {_fs(scratch)}"
     benchmark.group = group
     state: dict[str, Any] = {}
@@ -199,12 +200,12 @@ def test_unpack_pysnap(benchmark: Any, image: Path, scratch: Path) -> None:
         if "sn" in state:
             state["sn"].close()
         state["sn"] = pysnap.OverlaySnapshotter(_fresh(scratch, "root"))
-        return (state["sn"], image), {}
+        return (state["sn"], image), {"parallel": parallel}
 
     result = benchmark.pedantic(unpack, setup=setup, rounds=2, iterations=1)
     benchmark.extra_info["files"] = sum(layer.entries for layer in result.layers)
     state["sn"].close()
-    _record(benchmark, group, "pysnap")
+    _record(benchmark, group, "pysnap" if parallel else "pysnap sequential")
 
 
 def test_unpack_umoci(benchmark: Any, image: Path, scratch: Path) -> None:

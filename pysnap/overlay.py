@@ -37,10 +37,10 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
-from snapcore import du
+from snapcore import du, fsops
 
 from . import blobstore, kernel, overlayopts, storage
-from .archive import Layer, guard
+from .archive import Layer, guard, implied
 from .archive.apply import LayerSource, apply_to_snapshot
 from .archive.diff import LayerTarget, diff_upper
 from .errors import (
@@ -262,6 +262,9 @@ class OverlaySnapshotter:
         The upper directory's usage is computed and stored. ``parent`` sets
         the parent of a snapshot prepared without one (containerd 2.2's
         rebase, for parallel unpack); the one it has already is accepted.
+        At a rebase, the directories an apply made implicitly (parents the
+        layer lacks) take the metadata of the first lower that has them, as
+        an apply on that parent would have given them (pysnap.archive.implied).
         Raises, in this order: NotFoundError (no key), AlreadyExistsError
         (name taken), FailedPreconditionError (key is not ACTIVE), then for
         ``parent``: InvalidArgumentError ("cannot change parent"),
@@ -279,7 +282,40 @@ class OverlaySnapshotter:
         with guard.exclusive(self._dir(sid), "commit", key, shared=True):
             if info.kind == Kind.ACTIVE:
                 guard.refuse_interrupted(self._dir(sid), "commit", key)
+                if parent and not info.parent:
+                    self._rebase_implied(name, sid, parent)
             self._commit(name, key, labels, sid, info, parent or "")
+        implied.discard(self._dir(sid))  # of no use once committed
+
+    def _rebase_implied(self, name: str, sid: int, parent: str) -> None:
+        """Give the implied directories of ``sid``'s upper their metadata in ``parent``.
+
+        Skipped when the commit is going to fail (name taken, parent missing or
+        not committed), so a refused commit changes nothing.
+        """
+        paths = implied.read(self._dir(sid))
+        if not paths:
+            return
+        with self._ms.transaction() as tx:
+            try:
+                storage.get_info(tx, name)
+                return  # name taken
+            except NotFoundError:
+                pass
+            try:
+                snap = storage.get_snapshot(tx, parent)
+            except NotFoundError:
+                return
+        if snap.kind != Kind.COMMITTED:
+            return
+        lowers = [self._upper(p) for p in (snap.id, *snap.parent_ids)]
+        implied.give_lower_metadata(self._upper(sid), lowers, paths)
+        if self._sync:
+            fd = os.open(self._upper(sid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                fsops.syncfs(fd)
+            finally:
+                os.close(fd)
 
     def _commit(
         self, name: str, key: str, labels: Labels, sid: int, info: Info, parent: str

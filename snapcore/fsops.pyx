@@ -378,6 +378,8 @@ cdef struct Slot:
 cdef struct DirTime:
     char *name
     timespec times[2]
+    bint set_times            # False: an implied parent no lower had (times stay)
+    bint implied              # made for an entry below it, not from an entry of its own
 
 
 cdef struct Xattr:
@@ -549,6 +551,16 @@ cdef class Applier:
             i += j + 1
         for k in range(0, len(parts) - 2, 3):
             out.append((parts[k], parts[k + 1], parts[k + 2]))
+        return out
+
+    @property
+    def directories(self):
+        """{path from the root: implied} of every directory this stream made or set, in
+        order; implied: made only as a parent of other entries, with no entry of its own."""
+        cdef size_t i
+        out = {}
+        for i in range(self.ndirs):
+            out[self.dirs[i].name.decode("utf-8", "surrogateescape")] = bool(self.dirs[i].implied)
         return out
 
     # -- errors ---------------------------------------------------------------
@@ -1296,12 +1308,13 @@ cdef class Applier:
                 return self._os(errno.errno, "chown of a parent directory")
             if c.fchmodat(dfd, comp, st.st_mode & 0o7777, 0) < 0:
                 return self._os(errno.errno, "chmod of a parent directory")
-            return self._defer_times(path, st.st_atim, st.st_mtim)
+            return self._defer_times(path, st.st_atim, st.st_mtim, True, True)
         if c.fchmodat(dfd, comp, 0o755, 0) < 0:
             return self._os(errno.errno, "chmod of a parent directory")
-        return 0
+        return self._defer_times(path, self.times[0], self.times[1], False, True)
 
-    cdef int _defer_times(self, const char *name, timespec atime, timespec mtime) noexcept nogil:
+    cdef int _defer_times(self, const char *name, timespec atime, timespec mtime,
+                          bint set_times, bint implied) noexcept nogil:
         cdef DirTime *d
         cdef size_t cap
         if self.ndirs == self.dirs_cap:
@@ -1318,6 +1331,8 @@ cdef class Applier:
         memcpy(d.name, name, strlen(name) + 1)
         d.times[0] = atime
         d.times[1] = mtime
+        d.set_times = set_times
+        d.implied = implied
         self.ndirs += 1
         return 0
 
@@ -1486,7 +1501,7 @@ cdef class Applier:
             return self._os(errno.errno, "chmod of a directory")
         if r == 1:                       # merged: it may be a cached parent
             self._refresh_gids()
-        return self._defer_times(self.name.p, self.times[0], self.times[1])
+        return self._defer_times(self.name.p, self.times[0], self.times[1], True, False)
 
     cdef int _symlink(self) noexcept nogil:
         while c.symlinkat(self.link.p, self.pfd, self.base) < 0:
@@ -1604,6 +1619,8 @@ cdef class Applier:
         cdef int fd
         self.raw.len = 0
         for i in range(self.ndirs):
+            if not self.dirs[i].set_times:
+                continue
             fd = c.snap_openat2(self.root, self.dirs[i].name, DIR_FLAGS | c.O_NOFOLLOW, IN_ROOT)
             if fd < 0:
                 if errno.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):

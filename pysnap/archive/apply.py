@@ -23,7 +23,7 @@ from snapcore import fsops
 from .. import mountinfo
 from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..fsutil import remove_tree
-from . import compression, guard
+from . import compression, guard, implied
 from .layer import Layer
 from .pipeline import Producer
 
@@ -91,7 +91,18 @@ def apply_to_snapshot(
         was_empty = _is_empty(upper)
         with guard.marked(snapshot_dir):
             try:
-                result = apply_stream(upper, lowers, layer, diff_id=diff_id, what=f"apply {key!r}")
+                # Without lowers, the implied parents get their metadata at commit(parent=).
+                directories: dict[str, bool] | None = None if lowers else {}
+                result = apply_stream(
+                    upper,
+                    lowers,
+                    layer,
+                    diff_id=diff_id,
+                    what=f"apply {key!r}",
+                    directories=directories,
+                )
+                if directories is not None:
+                    implied.record(snapshot_dir, directories)
                 if sync:
                     fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                     try:
@@ -101,6 +112,7 @@ def apply_to_snapshot(
             except BaseException as e:
                 if was_empty:
                     _empty(upper)
+                    implied.discard(snapshot_dir)
                     e.add_note(f"apply {key!r}: the upper directory was emptied again")
                 else:
                     e.add_note(f"apply {key!r}: the snapshot is partly applied")
@@ -115,10 +127,13 @@ def apply_stream(
     *,
     diff_id: str | None = None,
     what: str = "apply",
+    directories: dict[str, bool] | None = None,
 ) -> Layer:
     """Apply a layer blob into the directory ``upper``; the Layer it was.
 
     ``what`` starts error messages (the operation and the key).
+    ``directories``, if given, gets ``{path: implied}`` of the directories
+    the layer made (implied: only as a parent of other entries).
 
     Raises InvalidArgumentError (a refused stream or entry, a diff ID that
     does not match), OSError (from the kernel; filename is the entry).
@@ -144,6 +159,8 @@ def apply_stream(
                     if not ended:
                         ended = applier.feed(piece)
             entries = applier.finish()
+            if directories is not None:
+                directories.update(applier.directories)
         for entry, xattr, reason in applier.warnings:
             log.warning("layer entry %r: xattr %s not applied: %s", entry, xattr, reason)
     except fsops.TarError as e:

@@ -30,6 +30,11 @@ def register(add: AddCommand) -> None:
     u.add_argument("source", metavar="SOURCE")
     u.add_argument("--ref", help="the image to take, when SOURCE holds several")
     u.add_argument("--platform", help="os/arch[/variant] (default: this machine's)")
+    u.add_argument(
+        "--sequential",
+        action="store_true",
+        help="apply the layers one after the other (default: at once, one thread per core)",
+    )
     u.set_defaults(func=cmd_unpack)
 
     e = add_sub(
@@ -71,7 +76,9 @@ def cmd_unpack(args: argparse.Namespace) -> None:
 
     _local_only(args)
     with snapshotter(args, create=True) as sn:  # an unpack makes snapshots, like prepare
-        image = unpack(sn, args.source, ref=args.ref, platform=args.platform)
+        image = unpack(
+            sn, args.source, ref=args.ref, platform=args.platform, parallel=not args.sequential
+        )
     layers = [
         {
             "chain_id": chain,

@@ -10,6 +10,15 @@ removes the ``extract-*`` key; a killed unpack's keys are removed by the
 next unpack, which finds their owner gone. Two unpacks racing for one chain
 ID both apply it; the second commit meets AlreadyExistsError and takes the
 first one's snapshot.
+
+The parallel unpack (the default) applies the layers to apply at once, each
+into its own parentless extract key (a thread pool sized to the cores: the
+apply loop releases the GIL), and commits them in chain order with
+``commit(parent=)`` (containerd 2.2's rebase), which gives the directories an
+apply made implicitly the metadata of their first lower: the tree is the
+sequential unpack's. A failure stops the applies of the layers above it
+(their reads fail) and removes every extract key of this unpack; the layers
+below it are committed, as a sequential unpack leaves them.
 """
 
 from __future__ import annotations
@@ -17,8 +26,10 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -86,13 +97,15 @@ def unpack(
     *,
     ref: str | None = None,
     platform: str | None = None,
+    parallel: bool = True,
 ) -> Image:
     """Unpack the image ``ref`` (or the only one) of ``source`` for ``platform`` into ``sn``.
 
     ``source``: an OCI image layout (a directory or a tar of one) or a
     ``docker save`` archive. ``platform``: ``os/arch[/variant]``, default
     this machine's. Every blob is verified by size and digest as it
-    streams, every layer by its diff ID.
+    streams, every layer by its diff ID. ``parallel``: apply the layers at
+    once, one thread per core (the same tree as one after the other).
 
     Raises:
         NotFoundError: no such source, image, platform or blob (a
@@ -113,15 +126,25 @@ def unpack(
         for i, blob in enumerate(resolved.layers):
             if existing[i] is None and not src.has_blob(blob):
                 src.open_blob(blob, _what(i, blob))  # raises the NotFoundError naming it
-        layers = []
-        for i, (blob, diff_id, chain) in enumerate(
-            zip(resolved.layers, resolved.diff_ids, chains, strict=True)
-        ):
-            info = existing[i]
-            if info is not None:
-                layers.append(_reused(blob, diff_id, info))
-            else:
-                layers.append(_apply(sn, src, i, blob, diff_id, chain, chains[i - 1] if i else ""))
+        todo = [i for i, info in enumerate(existing) if info is None]
+        applied: dict[int, Layer] = {}
+        if parallel and len(todo) > 1:
+            applied = _apply_parallel(sn, src, resolved.layers, resolved.diff_ids, chains, todo)
+        else:
+            for i in todo:
+                parent = chains[i - 1] if i else ""
+                key = _key(chains[i])
+                labels = _labels(resolved.layers[i], resolved.diff_ids[i], chains[i], parent)
+                _prepare(sn, key, labels, parent)
+                applied[i] = _extract_commit(
+                    sn, src, i, resolved.layers[i], resolved.diff_ids[i], chains[i], parent, key
+                )
+        layers = [
+            applied[i] if info is None else _reused(blob, diff_id, info)
+            for i, (blob, diff_id, info) in enumerate(
+                zip(resolved.layers, resolved.diff_ids, existing, strict=True)
+            )
+        ]
     return Image(
         resolved.manifest_digest,
         resolved.config_digest,
@@ -175,32 +198,155 @@ def _labels(blob: LayerBlob, diff_id: str, chain: str, parent: str) -> dict[str,
     return labels
 
 
-def _apply(
+def _key(chain: str) -> str:
+    return f"{EXTRACT_PREFIX}{time.time_ns()}-{secrets.token_hex(4)} {chain}"
+
+
+def _prepare(sn: OverlaySnapshotter, key: str, labels: dict[str, str], parent: str = "") -> None:
+    # The blob label is on the prepare: cleanup() keeps the blob from its rename on.
+    sn.prepare(key, parent, labels={**labels, OWNER_LABEL: str(owner.current())})
+
+
+def _apply_parallel(
+    sn: OverlaySnapshotter,
+    src: ImageSource,
+    blobs: tuple[LayerBlob, ...],
+    diff_ids: tuple[str, ...],
+    chains: list[str],
+    todo: list[int],
+) -> dict[int, Layer]:
+    """Apply the layers ``todo`` at once into parentless keys; commit them in chain order."""
+    stop = _Stop()
+    keys = {i: _key(chains[i]) for i in todo}
+    labels = {
+        i: _labels(blobs[i], diff_ids[i], chains[i], chains[i - 1] if i else "") for i in todo
+    }
+    done: dict[int, Layer] = {}
+    try:
+        for i in todo:
+            _prepare(sn, keys[i], labels[i])
+        with ThreadPoolExecutor(max_workers=min(len(todo), _cores())) as pool:
+            futures: dict[int, Future[_Extracted]] = {
+                i: pool.submit(
+                    stop.run,
+                    i,
+                    _extract,
+                    sn,
+                    src,
+                    i,
+                    blobs[i],
+                    diff_ids[i],
+                    keys[i],
+                    labels[i],
+                    stop,
+                )
+                for i in todo
+            }
+            try:
+                for i in todo:
+                    parent = chains[i - 1] if i else ""
+                    done[i] = _commit(
+                        sn, blobs[i], diff_ids[i], chains[i], parent, keys[i], futures[i].result()
+                    )
+            except BaseException:
+                stop.fail(i)  # the lowest failure: those below it are committed
+                for f in futures.values():
+                    f.cancel()
+                raise
+    except BaseException:
+        for i in todo:
+            if i not in done:
+                with contextlib.suppress(NotFoundError):
+                    sn.remove(keys[i])
+        raise
+    return done
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class _Stop:
+    """The lowest layer of a parallel unpack that failed: the layers above it stop, those
+    below it go on, to be committed as a sequential unpack would have."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failed: int | None = None
+
+    def fail(self, i: int) -> None:
+        with self._lock:
+            if self._failed is None or i < self._failed:
+                self._failed = i
+
+    def stopped(self, i: int) -> bool:
+        failed = self._failed
+        return failed is not None and i > failed
+
+    def run(self, i: int, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except BaseException:
+            self.fail(i)
+            raise
+
+
+class _Stoppable:
+    """A blob reader whose reads fail once a layer below its own failed."""
+
+    def __init__(self, reader: Any, stop: _Stop, i: int) -> None:
+        self._reader, self._stop, self._i = reader, stop, i
+
+    def read(self, n: int = -1) -> bytes:
+        self._check()
+        return cast(bytes, self._reader.read(n))
+
+    def readinto(self, buf: Any) -> int:
+        self._check()
+        return cast(int, self._reader.readinto(buf))
+
+    def _check(self) -> None:
+        if self._stop.stopped(self._i):
+            raise FailedPreconditionError("unpack: stopped, a layer below failed")
+
+
+@dataclass(frozen=True)
+class _Extracted:
+    applied: Layer
+    digest: str
+    media_type: str
+
+
+def _extract(
     sn: OverlaySnapshotter,
     src: ImageSource,
     i: int,
     blob: LayerBlob,
     diff_id: str,
-    chain: str,
-    parent: str,
-) -> Layer:
-    """Apply one layer into an extract key and commit it as ``chain``; its Layer."""
+    key: str,
+    labels: dict[str, str],
+    stop: _Stop | None = None,
+) -> _Extracted:
+    """Apply one layer into the extract ``key`` and keep its blob; the caller removes the key
+    after a failure. ``labels`` gain the blob's digest and media type when found only now."""
     what = _what(i, blob)
-    key = f"{EXTRACT_PREFIX}{time.time_ns()}-{secrets.token_hex(4)} {chain}"
-    labels = _labels(blob, diff_id, chain, parent)
-    # The blob label is on the prepare: cleanup() keeps the blob from its rename on.
-    sn.prepare(key, parent, labels={**labels, OWNER_LABEL: str(owner.current())})
     ingest = None
     try:
         have = blob.desc.digest and os.path.exists(blobstore.blob_path(sn.root, blob.desc.digest))
         ingest = None if have else blobstore.Ingest(sn.root)
         with src.open_blob(blob, what, tee=ingest) as reader:
+            layer = reader if stop is None else _Stoppable(reader, stop, i)
             try:
                 # a RawIOBase: what apply reads of a BinaryIO (read/readinto) it has
-                applied = sn.apply(key, cast(BinaryIO, reader), diff_id=diff_id)
+                applied = sn.apply(key, cast(BinaryIO, layer), diff_id=diff_id)
             except Exception as e:
                 # A damaged blob fails the apply first (a gzip CRC, a tar header):
                 # read it to its end, and report the blob's digest if that is it.
+                if stop is not None and stop.stopped(i):
+                    raise
                 with contextlib.suppress(InvalidArgumentError):
                     reader.finish()
                 if reader.error is not None:
@@ -218,22 +364,59 @@ def _apply(
         if ingest is not None:
             ingest.commit(digest)
             ingest = None
-        labels[ENTRIES_LABEL] = str(applied.entries)
-        try:
-            sn.commit(chain, key, labels=labels)
-        except AlreadyExistsError:  # a concurrent unpack committed this layer first
-            info = _existing(sn, chain, parent)
-            if info is None:
-                raise
-            sn.remove(key)
-            return _reused(blob, diff_id, info)
-    except BaseException:
+    finally:
         if ingest is not None:
             ingest.abort()
+    return _Extracted(applied, digest, media_type)
+
+
+def _commit(
+    sn: OverlaySnapshotter,
+    blob: LayerBlob,
+    diff_id: str,
+    chain: str,
+    parent: str,
+    key: str,
+    done: _Extracted,
+) -> Layer:
+    """Commit the extract ``key`` as ``chain`` on ``parent`` (set now if it had none)."""
+    labels = _labels(blob, diff_id, chain, parent)
+    if not blob.desc.digest:
+        labels[blobstore.BLOB_DIGEST_LABEL] = done.digest
+        labels[blobstore.BLOB_MEDIA_TYPE_LABEL] = done.media_type
+    labels[ENTRIES_LABEL] = str(done.applied.entries)
+    try:
+        sn.commit(chain, key, labels=labels, parent=parent or None)
+    except AlreadyExistsError:  # a concurrent unpack committed this layer first
+        info = _existing(sn, chain, parent)
+        if info is None:
+            raise
+        sn.remove(key)
+        return _reused(blob, diff_id, info)
+    applied = done.applied
+    return Layer(applied.diff_id, done.digest, blob.desc.size, done.media_type, applied.entries)
+
+
+def _extract_commit(
+    sn: OverlaySnapshotter,
+    src: ImageSource,
+    i: int,
+    blob: LayerBlob,
+    diff_id: str,
+    chain: str,
+    parent: str,
+    key: str,
+) -> Layer:
+    """Apply one layer into the prepared extract ``key`` and commit it as ``chain``."""
+    try:
+        labels = _labels(blob, diff_id, chain, parent)
+        return _commit(
+            sn, blob, diff_id, chain, parent, key, _extract(sn, src, i, blob, diff_id, key, labels)
+        )
+    except BaseException:
         with contextlib.suppress(NotFoundError):
             sn.remove(key)
         raise
-    return Layer(applied.diff_id, digest, blob.desc.size, media_type, applied.entries)
 
 
 def _reused(blob: LayerBlob, diff_id: str, info: Info) -> Layer:
