@@ -20,16 +20,6 @@ import flushes  # noqa: E402
 
 from pysnap.fsutil import remove_tree  # noqa: E402
 
-_CHAIN = """
-import sys, pysnap
-root, n, sync = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
-with pysnap.OverlaySnapshotter(root, sync=sync) as sn:
-    parent = ""
-    for i in range(n):
-        sn.prepare(f"a{i}", parent)
-        sn.commit(f"c{i}", f"a{i}")
-        parent = f"c{i}"
-"""
 SMALL, LARGE = 10, 60
 
 
@@ -46,7 +36,14 @@ def main() -> int:
     rows = {}
     for sync in (True, False):
         rows[f"pysnap sync={sync}"] = flushes.per_layer(
-            lambda n, s=sync: [sys.executable, "-c", _CHAIN, root(), str(n), str(int(s))],
+            lambda n, s=sync: [
+                sys.executable,
+                "-c",
+                flushes.CHAIN_SCRIPT,
+                root(),
+                str(n),
+                str(int(s)),
+            ],
             SMALL,
             LARGE,
         )

@@ -62,6 +62,7 @@ from posix.types cimport dev_t, gid_t, mode_t, off_t, uid_t
 from posix.unistd cimport ftruncate, pwrite
 
 from .includes cimport fileops as c
+from .includes cimport linux
 
 
 class TarError(ValueError):
@@ -304,7 +305,7 @@ cdef int rm_tree(int dfd, const char *name, int depth) noexcept nogil:
     cdef int fd, err, rc
     cdef char *buf
     cdef ssize_t n, off
-    cdef c.snap_dirent64 *d
+    cdef linux.snap_dirent64 *d
     cdef bint again
     if c.unlinkat(dfd, name, 0) == 0:
         return 0
@@ -332,7 +333,7 @@ cdef int rm_tree(int dfd, const char *name, int depth) noexcept nogil:
     while again and err == 0:
         again = False
         while err == 0:
-            n = c.snap_getdents64(fd, buf, GETDENTS_BUF)
+            n = linux.snap_getdents64(fd, buf, GETDENTS_BUF)
             if n < 0:
                 err = errno.errno
                 break
@@ -340,7 +341,7 @@ cdef int rm_tree(int dfd, const char *name, int depth) noexcept nogil:
                 break
             off = 0
             while off < n and err == 0:
-                d = <c.snap_dirent64 *>(buf + off)
+                d = <linux.snap_dirent64 *>(buf + off)
                 off += d.d_reclen
                 if d.d_name[0] == c'.' and (d.d_name[1] == 0 or (d.d_name[1] == c'.' and d.d_name[2] == 0)):
                     continue
@@ -2052,7 +2053,7 @@ cdef class _TarWriter:
         cdef Frame *ns
         cdef size_t cap, i, cnt
         cdef ssize_t n, off
-        cdef c.snap_dirent64 *d
+        cdef linux.snap_dirent64 *d
         cdef char buf[GETDENTS_BUF]
         if self.depth == self.stack_cap:
             cap = self.stack_cap * 2 if self.stack_cap else 64
@@ -2069,14 +2070,14 @@ cdef class _TarWriter:
         self.depth += 1
         cnt = 0
         while True:
-            n = c.snap_getdents64(fd, buf, GETDENTS_BUF)
+            n = linux.snap_getdents64(fd, buf, GETDENTS_BUF)
             if n < 0:
                 return self._os(errno.errno, "reading a directory")
             if n == 0:
                 break
             off = 0
             while off < n:
-                d = <c.snap_dirent64 *>(buf + off)
+                d = <linux.snap_dirent64 *>(buf + off)
                 off += d.d_reclen
                 if d.d_name[0] == c'.' and (d.d_name[1] == 0 or (d.d_name[1] == c'.' and d.d_name[2] == 0)):
                     continue

@@ -26,6 +26,19 @@ _WRITES = {"write", "pwrite64", "writev", "pwritev", "pwritev2"}
 _FLUSHES = {"fsync", "fdatasync", "syncfs", "sync"}
 
 
+# A chain of n prepare+commit pairs: argv is root, n, and "1" for sync=True.
+CHAIN_SCRIPT = """
+import sys, pysnap
+root, n, sync = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+with pysnap.OverlaySnapshotter(root, sync=sync) as sn:
+    parent = ""
+    for i in range(n):
+        sn.prepare(f"a{i}", parent)
+        sn.commit(f"c{i}", f"a{i}")
+        parent = f"c{i}"
+"""
+
+
 def available() -> bool:
     return shutil.which("strace") is not None
 

@@ -23,17 +23,6 @@ from pysnap.errors import CorruptStoreError, NotFoundError
 from pysnap.fsutil import remove_tree
 from pysnap.overlay import UPPERDIR_LABEL
 
-_CHAIN = """
-import sys, pysnap
-root, n, sync = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
-with pysnap.OverlaySnapshotter(root, sync=sync) as sn:
-    parent = ""
-    for i in range(n):
-        sn.prepare(f"a{i}", parent)
-        sn.commit(f"c{i}", f"a{i}")
-        parent = f"c{i}"
-"""
-
 
 @pytest.mark.skipif(not flushes.available(), reason="needs strace")
 @pytest.mark.parametrize(("sync", "expected"), [(True, 4), (False, 0)])
@@ -43,7 +32,7 @@ def test_flushes_per_prepare_commit(tmp_path: Path, sync: bool, expected: int) -
         lambda n: [
             sys.executable,
             "-c",
-            _CHAIN,
+            flushes.CHAIN_SCRIPT,
             str(tmp_path / str(next(roots))),
             str(n),
             str(int(sync)),

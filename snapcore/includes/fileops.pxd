@@ -1,5 +1,5 @@
 # Declarations only: the file operations of snapcore.fsops (the layer codec).
-from libc.stdint cimport uint64_t, int64_t
+from libc.stdint cimport uint64_t
 from posix.types cimport mode_t, off_t, dev_t, uid_t, gid_t
 from posix.time cimport timespec
 
@@ -68,12 +68,5 @@ cdef extern from "<sys/xattr.h>" nogil:
     int fremovexattr(int fd, const char *name)
 
 cdef extern from "includes/compat.h" nogil:
-    cdef struct snap_dirent64:
-        uint64_t d_ino
-        int64_t d_off
-        unsigned short d_reclen
-        unsigned char d_type
-        char d_name[1]
-    ssize_t snap_getdents64(int fd, void *buf, size_t n)
     int snap_openat2(int dirfd, const char *path, uint64_t flags, uint64_t resolve)
     uint64_t RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_NO_XDEV
