@@ -251,20 +251,7 @@ def test_deep_chain(deep_tmp: Path) -> None:
 def test_wide_and_deep_with_branches(deep_tmp: Path) -> None:
     """A comb: every level has a side directory, so the fd window must reopen frames."""
     top = deep_tmp / "comb"
-    top.mkdir()
-    fd = os.open(top, _DIR)
-    try:
-        for i in range(300):
-            os.mkdir("side", dir_fd=fd)
-            f = os.open("side/f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
-            os.write(f, b"s" * (i + 1))
-            os.close(f)
-            os.mkdir("z", dir_fd=fd)
-            nfd = os.open("z", _DIR, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-    finally:
-        os.close(fd)
+    make_comb(top, 300)
     before = open_fds()
     assert check_all(top)[1] == 1 + 300 * 3
     assert open_fds() == before
