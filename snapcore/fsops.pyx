@@ -62,7 +62,7 @@ from posix.types cimport dev_t, gid_t, mode_t, off_t, uid_t
 from posix.unistd cimport ftruncate, pwrite
 
 from .includes cimport fileops as c
-from .includes cimport linux
+from .includes cimport dirwalk, linux
 
 
 class TarError(ValueError):
@@ -321,9 +321,9 @@ cdef int rm_tree(int dfd, const char *name, int depth) noexcept nogil:
         return err
     if depth >= MAX_RM_DEPTH:
         return errno.ELOOP
-    fd = c.openat(dfd, name, c.O_RDONLY | c.O_DIRECTORY | c.O_NOFOLLOW | c.O_CLOEXEC)
-    if fd < 0:
-        return errno.errno
+    err = dirwalk.open_dir_at(dfd, name, &fd)
+    if err:
+        return err
     buf = <char *>malloc(GETDENTS_BUF)
     if buf == NULL:
         c.close(fd)
@@ -333,9 +333,9 @@ cdef int rm_tree(int dfd, const char *name, int depth) noexcept nogil:
     while again and err == 0:
         again = False
         while err == 0:
-            n = linux.snap_getdents64(fd, buf, GETDENTS_BUF)
+            n = dirwalk.read_dents(fd, buf, GETDENTS_BUF)
             if n < 0:
-                err = errno.errno
+                err = <int>-n
                 break
             if n == 0:
                 break
@@ -343,7 +343,7 @@ cdef int rm_tree(int dfd, const char *name, int depth) noexcept nogil:
             while off < n and err == 0:
                 d = <linux.snap_dirent64 *>(buf + off)
                 off += d.d_reclen
-                if d.d_name[0] == c'.' and (d.d_name[1] == 0 or (d.d_name[1] == c'.' and d.d_name[2] == 0)):
+                if dirwalk.is_dot(d.d_name):
                     continue
                 err = rm_tree(fd, d.d_name, depth + 1)
                 again = True
@@ -2070,16 +2070,16 @@ cdef class _TarWriter:
         self.depth += 1
         cnt = 0
         while True:
-            n = linux.snap_getdents64(fd, buf, GETDENTS_BUF)
+            n = dirwalk.read_dents(fd, buf, GETDENTS_BUF)
             if n < 0:
-                return self._os(errno.errno, "reading a directory")
+                return self._os(<int>-n, "reading a directory")
             if n == 0:
                 break
             off = 0
             while off < n:
                 d = <linux.snap_dirent64 *>(buf + off)
                 off += d.d_reclen
-                if d.d_name[0] == c'.' and (d.d_name[1] == 0 or (d.d_name[1] == c'.' and d.d_name[2] == 0)):
+                if dirwalk.is_dot(d.d_name):
                     continue
                 if buf_add(&f.arena, d.d_name, strlen(d.d_name) + 1):
                     return self._os(errno.ENOMEM, "")
