@@ -178,32 +178,30 @@ static inline int snap_openat2(int dirfd, const char *path, uint64_t flags,
 
 /* ---- fixed-width big-endian integers (keep LMDB order numeric) ----------- */
 
+/* memcpy + htobe/betoh: one load or store and a bswap; the byte loops they
+ * replace were not merged by gcc -O2 and were ~10% of a walk's decode. */
+#include <endian.h>
+
 static inline void snap_pack_be64(char *buf, uint64_t x) {
-    for (int i = 7; i >= 0; i--) {
-        buf[i] = (char)(x & 0xff);
-        x >>= 8;
-    }
+    x = htobe64(x);
+    memcpy(buf, &x, 8);
 }
 
 static inline uint64_t snap_unpack_be64(const char *buf) {
-    uint64_t x = 0;
-    for (int i = 0; i < 8; i++)
-        x = (x << 8) | (unsigned char)buf[i];
-    return x;
+    uint64_t x;
+    memcpy(&x, buf, 8);
+    return be64toh(x);
 }
 
 static inline void snap_pack_be32(char *buf, uint32_t x) {
-    for (int i = 3; i >= 0; i--) {
-        buf[i] = (char)(x & 0xff);
-        x >>= 8;
-    }
+    x = htobe32(x);
+    memcpy(buf, &x, 4);
 }
 
 static inline uint32_t snap_unpack_be32(const char *buf) {
-    uint32_t x = 0;
-    for (int i = 0; i < 4; i++)
-        x = (x << 8) | (unsigned char)buf[i];
-    return x;
+    uint32_t x;
+    memcpy(&x, buf, 4);
+    return be32toh(x);
 }
 
 #endif /* SNAPCORE_COMPAT_H */
