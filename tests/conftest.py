@@ -14,6 +14,9 @@ from cli_helpers import du_tree, root, run, targets  # noqa: F401 (fixtures of t
 from containerd_env import containerd  # noqa: F401
 from mountpoints import detach_all_under
 
+# `open_sn`: each test that takes it runs in process and served over gRPC (served.py)
+from served import open_sn  # noqa: F401
+
 from pysnap.fsutil import remove_tree
 
 

@@ -7,6 +7,9 @@ bytes), and returns a ``RemoteSnapshotter`` connected to it whose ``root`` is
 the served root, so tests can look at the files as they do in process.
 Closing it (or leaving its ``with``) closes the client, stops the server and
 closes the served snapshotter, as closing an OverlaySnapshotter closes it.
+
+``IMPLS`` names both kinds, and the ``open_sn`` fixture (conftest.py imports
+it) runs a test once on each: in process ("local") and served ("remote").
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+
+import pytest
 
 from pysnap import OverlaySnapshotter
 from pysnap.client import RemoteSnapshotter
@@ -56,3 +61,16 @@ class ServedSnapshotter(RemoteSnapshotter):
 
 
 served_snapshotter = ServedSnapshotter
+
+
+IMPLS: dict[str, Callable[..., contextlib.AbstractContextManager[OverlaySnapshotter]]] = {
+    "local": OverlaySnapshotter,
+    "remote": served_snapshotter,  # type: ignore[dict-item]  # the same API
+}
+
+
+@pytest.fixture(params=IMPLS)
+def open_sn(request: pytest.FixtureRequest) -> Iterator[Callable[..., OverlaySnapshotter]]:
+    """``open_sn(root, **options)``: a snapshotter of this run's kind, closed at teardown."""
+    with contextlib.ExitStack() as stack:
+        yield lambda root, **options: stack.enter_context(IMPLS[request.param](root, **options))

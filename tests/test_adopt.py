@@ -11,7 +11,6 @@ over gRPC, as test_snapshotter.py.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import re
@@ -19,7 +18,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
@@ -33,7 +32,6 @@ from containerd_env import (
     containerd_env,
     wait_until,
 )
-from test_snapshotter import IMPLS  # in process and served over gRPC
 
 from pysnap import Info, Kind, OverlaySnapshotter, Usage, storage
 from pysnap.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
@@ -46,12 +44,6 @@ C1 = "sha256:" + "1" * 63 + "b"
 def containerd_filter(chain: str, backend_parent: str) -> str:
     """The filter containerd's metadata snapshotter walks with (Go's %s and %q)."""
     return f'labels."{REF}"=={chain},parent=="{backend_parent}"'
-
-
-@pytest.fixture(params=IMPLS)
-def open_sn(request: pytest.FixtureRequest) -> Iterator[Callable[..., OverlaySnapshotter]]:
-    with contextlib.ExitStack() as stack:
-        yield lambda root, **options: stack.enter_context(IMPLS[request.param](root, **options))
 
 
 @pytest.fixture

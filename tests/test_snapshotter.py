@@ -1,6 +1,6 @@
 """The behaviours containerd's snapshot testsuite checks, on real mounts.
 
-Every test that takes ``sn`` or ``open_sn`` runs twice, as uvloop runs one
+Every test that takes ``sn`` or ``open_sn`` (served.py) runs twice, as uvloop runs one
 suite on two loops: on an OverlaySnapshotter in process ("local"), and on a
 RemoteSnapshotter talking to ``pysnap serve``'s service over a unix socket
 ("remote"). Tests of options the server does not pass, of reopening and of
@@ -16,11 +16,10 @@ import hashlib
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from served import served_snapshotter
 
 from pysnap import Info, Kind, Mount, OverlaySnapshotter, Usage, mounted
 from pysnap.errors import (
@@ -33,19 +32,6 @@ from pysnap.fsutil import remove_tree
 from pysnap.overlay import UPPERDIR_LABEL
 
 Applier = Callable[[Path], None]
-
-
-IMPLS: dict[str, Callable[..., contextlib.AbstractContextManager[OverlaySnapshotter]]] = {
-    "local": OverlaySnapshotter,
-    "remote": served_snapshotter,  # type: ignore[dict-item]  # the same API
-}
-
-
-@pytest.fixture(params=IMPLS)
-def open_sn(request: pytest.FixtureRequest) -> Iterator[Callable[..., OverlaySnapshotter]]:
-    """``open_sn(root, **options)``: a snapshotter of this run's kind, closed at teardown."""
-    with contextlib.ExitStack() as stack:
-        yield lambda root, **options: stack.enter_context(IMPLS[request.param](root, **options))
 
 
 @pytest.fixture
