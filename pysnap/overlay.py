@@ -12,18 +12,10 @@ does), so a cleanup() in another thread or process never reaps a create that
 is in flight. Long work, the usage walk of commit, runs outside any write
 transaction and is re-checked inside it.
 
-Durability (issue 14): a durable call syncs its LMDB transaction only (two
-flushes, as a bolt commit). A new snapshot's directories are empty, so they
-are not synced: recovery remakes them instead. When a snapshot is next used
-(mounts, a prepare or view on it, commit), directories a power loss lost are
-recreated exactly as prepare made them for an ACTIVE or VIEW record, or for a
-COMMITTED one whose stored usage says it was empty; any other COMMITTED record
-without its directory is CorruptStoreError, never an empty layer. Nothing
-scans the records at open.
-
-Over 500 lines: it is one class, the whole public contract of the snapshotter
-(as containerd's overlay.go is one file), each method with its docstring; the
-file and policy work it calls lives in storage, overlayopts, archive and fsutil.
+One class, the whole public contract of the snapshotter (as containerd's
+overlay.go is one file). The snapshots/ tree, with the recovery of directories
+a power loss took (issue 14: a new snapshot's are not synced), is
+pysnap.snapdirs; file and policy work is in storage, overlayopts, archive, fsutil.
 """
 
 from __future__ import annotations
@@ -31,9 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
-import tempfile
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
@@ -45,28 +34,20 @@ from .archive.apply import LayerSource, apply_to_snapshot
 from .archive.diff import LayerTarget, diff_upper
 from .errors import (
     AlreadyExistsError,
-    CorruptStoreError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
 )
 from .filters import MATCH_ALL, compile_filters
 from .fsutil import remove_tree
-from .metastore import DEFAULT_MAP_SIZE, MetaStore, Txn
+from .metastore import DEFAULT_MAP_SIZE, MetaStore
 from .mounts import Mount
+from .snapdirs import SnapshotDirs
 from .types import Info, Kind, Usage
 
 log = logging.getLogger(__name__)
 
 UPPERDIR_LABEL = "containerd.io/snapshot/overlay.upperdir"
-
-# The names pysnap makes under snapshots/: an id (ASCII, no leading zero: str.isdigit
-# would take Arabic-Indic and superscript digits), a create's temporary directory, a remove's.
-_ID_NAME = re.compile(r"[1-9][0-9]*")
-_OWN_NAME = re.compile(r"[1-9][0-9]*|new-.*|rm-.*", re.DOTALL)
-
-#: Characters of lowerdir values OverlaySnapshotter keeps before it empties them.
-_LOWERDIRS_MAX = 8 << 20
 
 Labels = Mapping[str, str] | None
 Progress = Callable[[int, int], object] | None
@@ -110,6 +91,7 @@ class OverlaySnapshotter:
         overlayopts.check_root(self.root)  # its paths go into overlay options as they are
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         self._snapshots = os.path.join(self.root, "snapshots")
+        self._dirs = SnapshotDirs(self._snapshots)
         if os.path.islink(self._snapshots):
             raise FailedPreconditionError(
                 f"open {self.root!r}: {self._snapshots} is a symlink; pysnap never follows it "
@@ -139,19 +121,17 @@ class OverlaySnapshotter:
                 os.mkdir(self._snapshots, 0o700)
         self._async_remove = async_remove
         self._sync = sync  # apply()'s default: syncfs once at the end of a durable apply
-        self._lowerdirs: dict[int, str] = {}  # top parent id -> lowerdir value
-        self._lowerdir_chars = 0
         self._upperdir_label = upperdir_label
         self._adopt_layers = adopt_layers
         self._options = overlayopts.default_options(mount_options)
 
     def _refuse_lost_store(self, found: str) -> None:
         try:
-            names = [n for n in os.listdir(self._snapshots) if _ID_NAME.fullmatch(n)]
+            names = self._dirs.ids()
         except FileNotFoundError:
             return
         if names:
-            some = ", ".join(sorted(names, key=int)[:5]) + (", ..." if len(names) > 5 else "")
+            some = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
             raise FailedPreconditionError(
                 f"open {self.root!r}: {found}, but {self._snapshots} holds {len(names)} "
                 f"snapshot directories ({some}); their records are lost: move snapshots/ "
@@ -199,7 +179,7 @@ class OverlaySnapshotter:
         if info.kind != Kind.ACTIVE:
             return usage
         try:
-            return Usage(*du.disk_usage(self._upper(sid), progress=progress))
+            return Usage(*du.disk_usage(self._dirs.upper(sid), progress=progress))
         except FileNotFoundError:
             raise NotFoundError(f"usage {key!r}: snapshot was removed during the walk") from None
 
@@ -215,9 +195,9 @@ class OverlaySnapshotter:
             raise FailedPreconditionError(
                 f"mounts {key!r}: snapshot is committed; create a view of it to mount it"
             )
-        if not self._dirs_present(snap.id, snap.kind):
+        if not self._dirs.present(snap.id, snap.kind):
             with self._ms.transaction(write=True) as tx:
-                self._restore(tx, key)
+                self._dirs.restore(tx, key)
                 snap = storage.get_snapshot(tx, key)  # the record as it is now
         return self._mounts(snap)
 
@@ -279,13 +259,13 @@ class OverlaySnapshotter:
         with self._ms.transaction() as tx:
             sid, info, _ = storage.get_info(tx, key)  # one record, not the parent chain
         # no apply of it meanwhile, nor after a killed one
-        with guard.exclusive(self._dir(sid), "commit", key, shared=True):
+        with guard.exclusive(self._dirs.dir(sid), "commit", key, shared=True):
             if info.kind == Kind.ACTIVE:
-                guard.refuse_interrupted(self._dir(sid), "commit", key)
+                guard.refuse_interrupted(self._dirs.dir(sid), "commit", key)
                 if parent and not info.parent:
                     self._rebase_implied(name, sid, parent)
             self._commit(name, key, labels, sid, info, parent or "")
-        implied.discard(self._dir(sid))  # of no use once committed
+        implied.discard(self._dirs.dir(sid))  # of no use once committed
 
     def _rebase_implied(self, name: str, sid: int, parent: str) -> None:
         """Give the implied directories of ``sid``'s upper their metadata in ``parent``.
@@ -293,7 +273,7 @@ class OverlaySnapshotter:
         Skipped when the commit is going to fail (name taken, parent missing or
         not committed), so a refused commit changes nothing.
         """
-        paths = implied.read(self._dir(sid))
+        paths = implied.read(self._dirs.dir(sid))
         if not paths:
             return
         with self._ms.transaction() as tx:
@@ -308,10 +288,10 @@ class OverlaySnapshotter:
                 return
         if snap.kind != Kind.COMMITTED:
             return
-        lowers = [self._upper(p) for p in (snap.id, *snap.parent_ids)]
-        implied.give_lower_metadata(self._upper(sid), lowers, paths)
+        lowers = [self._dirs.upper(p) for p in (snap.id, *snap.parent_ids)]
+        implied.give_lower_metadata(self._dirs.upper(sid), lowers, paths)
         if self._sync:
-            fd = os.open(self._upper(sid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.open(self._dirs.upper(sid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 fsops.syncfs(fd)
             finally:
@@ -325,7 +305,7 @@ class OverlaySnapshotter:
             # The walk runs outside the write transaction; commit_active checks
             # that the same id is still ACTIVE under key.
             try:
-                usage = Usage(*du.disk_usage(self._upper(sid)))
+                usage = Usage(*du.disk_usage(self._dirs.upper(sid)))
             except FileNotFoundError:
                 usage = self._restore_for_commit(key, sid)
         with self._ms.transaction(write=True) as tx:
@@ -360,12 +340,12 @@ class OverlaySnapshotter:
         with self._ms.transaction() as tx:
             sid = storage.get_info(tx, key)[0]
         with (
-            guard.exclusive(self._dir(sid), "remove", key, shared=True),
+            guard.exclusive(self._dirs.dir(sid), "remove", key, shared=True),
             self._ms.transaction(write=True) as tx,
         ):
             sid, _ = storage.remove(tx, key)
         if not self._async_remove:
-            self._remove_dirs([self._dir(sid)])
+            self._remove_dirs([self._dirs.dir(sid)])
 
     def apply(
         self,
@@ -391,10 +371,10 @@ class OverlaySnapshotter:
             snap = storage.get_snapshot(tx, key)
         if snap.kind != Kind.ACTIVE:
             raise FailedPreconditionError(f"apply {key!r}: snapshot is not active")
-        lowers = [self._upper(p) for p in snap.parent_ids]
+        lowers = [self._dirs.upper(p) for p in snap.parent_ids]
         sync = self._sync if sync is None else sync
         return apply_to_snapshot(
-            key, self._dir(snap.id), lowers, layer, diff_id=diff_id, sync=sync, force=force
+            key, self._dirs.dir(snap.id), lowers, layer, diff_id=diff_id, sync=sync, force=force
         )
 
     def diff(
@@ -417,7 +397,9 @@ class OverlaySnapshotter:
             snap = storage.get_snapshot(tx, key)
         if snap.kind == Kind.VIEW:
             raise FailedPreconditionError(f"diff {key!r}: a view has no layer of its own")
-        return diff_upper(key, self._upper(snap.id), out, compression_=compression, level=level)
+        return diff_upper(
+            key, self._dirs.upper(snap.id), out, compression_=compression, level=level
+        )
 
     def cleanup(self, *, dry_run: bool = False) -> list[str]:
         """Remove directories no live snapshot owns (crashed creates, unfinished removes).
@@ -433,24 +415,7 @@ class OverlaySnapshotter:
         with self._ms.transaction(write=True) as tx:
             live = {str(i) for i in storage.id_map(tx)}
             # Listed under the write lock: no create can be in flight now.
-            orphans: list[tuple[str, str]] = []  # (the path as found, the path to remove)
-            for name in sorted(os.listdir(self._snapshots)):
-                if name in live:
-                    continue
-                path = doomed = os.path.join(self._snapshots, name)
-                if not _OWN_NAME.fullmatch(name):
-                    log.warning("cleanup: leaving %s: pysnap never makes that name", path)
-                    continue
-                if _ID_NAME.fullmatch(name) and not dry_run:
-                    # A crashed create's id was never committed, so the next
-                    # create takes it again: move the leftover out of its way
-                    # before the lock is released, then delete it at leisure.
-                    doomed = os.path.join(self._snapshots, f"rm-{name}-{uuid.uuid4().hex[:12]}")
-                    try:
-                        os.rename(path, doomed)
-                    except FileNotFoundError:  # a remove() finished it meanwhile
-                        continue
-                orphans.append((path, doomed))
+            orphans = self._dirs.orphans(live, dry_run)  # (the path as found, to remove)
             # layer blobs no label names any more (pysnap.blobstore)
             orphans += blobstore.reap(self.root, lambda: storage.walk_info(tx), dry_run=dry_run)
         if dry_run:
@@ -460,17 +425,11 @@ class OverlaySnapshotter:
 
     # -- internals ----------------------------------------------------------
 
-    def _dir(self, sid: int) -> str:
-        return f"{self._snapshots}/{sid}"
-
-    def _upper(self, sid: int) -> str:
-        return f"{self._snapshots}/{sid}/fs"
-
     def _labelled(self, sid: int, info: Info) -> Info:
         # Built as the decoder builds an Info: Info(...)/replace() take keywords
         # and convert every field, which would cost stat more than the read.
         kind, name, parent, labels, created, updated = info
-        labels = {**labels, UPPERDIR_LABEL: self._upper(sid)}
+        labels = {**labels, UPPERDIR_LABEL: self._dirs.upper(sid)}
         return tuple.__new__(Info, (kind, name, parent, labels, created, updated))
 
     def _create(self, kind: Kind, key: str, parent: str, labels: Labels) -> list[Mount]:
@@ -493,142 +452,41 @@ class OverlaySnapshotter:
                         f"{parent!r} has {storage.REF_LABEL}={ref} (a layer to adopt)"
                     )
             snap = storage.create_snapshot(tx, kind, key, parent, labels)
-            owner = self._parent_owner(tx, parent, snap.parent_ids)
-            # Not synced (see the module docstring): _restore() remakes them.
-            path = self._make_snapshot_dir(snap.id, kind, owner, undo)
+            owner = self._dirs.owner(tx, parent, snap.parent_ids)
+            # Not synced (see pysnap.snapdirs): restore() remakes them.
+            path = self._dirs.make(snap.id, kind, owner, undo)
             undo.callback(remove_tree, path)
             mounts = self._mounts(snap)
             undo.pop_all()  # about to commit: keep everything
         return mounts
-
-    def _parent_owner(
-        self, tx: Txn, parent: str, parent_ids: Sequence[int]
-    ) -> os.stat_result | None:
-        """The stat of the immediate parent's fs (a new fs is owned alike); restored if lost."""
-        if not parent_ids:
-            return None
-        try:
-            return os.stat(self._upper(parent_ids[0]))
-        except FileNotFoundError:
-            self._restore(tx, parent)
-            return os.stat(self._upper(parent_ids[0]))
-
-    def _make_snapshot_dir(
-        self, sid: int, kind: Kind, owner: os.stat_result | None, undo: contextlib.ExitStack
-    ) -> str:
-        """``snapshots/<sid>`` made in a temporary directory, then renamed into place."""
-        tmp = tempfile.mkdtemp(prefix="new-", dir=self._snapshots)
-        undo.callback(remove_tree, tmp)
-        self._make_dirs(tmp, kind, owner)
-        path = self._dir(sid)
-        remove_tree(path)  # leftover of a create that crashed before its commit
-        os.rename(tmp, path)
-        return path
-
-    def _make_dirs(self, path: str, kind: Kind, owner: os.stat_result | None) -> None:
-        """In ``path``, those of ``fs`` (0755, owned like ``owner``) and, unless
-        ``kind`` is VIEW, ``work`` (0711) that are missing, as prepare makes them."""
-        fs = os.path.join(path, "fs")
-        if not os.path.isdir(fs):
-            os.mkdir(fs)
-            os.chmod(fs, 0o755)  # whatever the umask
-            if owner is not None:
-                os.lchown(fs, owner.st_uid, owner.st_gid)
-        work = os.path.join(path, "work")
-        if kind != Kind.VIEW and not os.path.isdir(work):
-            os.mkdir(work)
-            os.chmod(work, 0o711)
-
-    def _dirs_present(self, sid: int, kind: Kind) -> bool:
-        d = self._dir(sid)
-        return os.path.isdir(f"{d}/fs") and (kind == Kind.VIEW or os.path.isdir(f"{d}/work"))
-
-    def _restore(self, tx: Txn, key: str) -> None:
-        """Recreate the directories of ``key`` and of its ancestors that a power loss lost.
-
-        Called in a write transaction (no remove or cleanup can run meanwhile).
-        An ACTIVE or VIEW snapshot, or a COMMITTED one whose stored usage says
-        its upper directory was empty, gets them back exactly as prepare made
-        them (a COMMITTED one was made ACTIVE: fs and work).
-
-        Raises:
-            NotFoundError: no snapshot ``key``.
-            CorruptStoreError: a COMMITTED snapshot with files lost its directory.
-        """
-        lost: list[tuple[int, Kind, str]] = []  # (id, kind, parent name), tip first
-        while key:
-            sid, info, usage = storage.get_info(tx, key)
-            if self._dirs_present(sid, info.kind):
-                break
-            if info.kind == Kind.COMMITTED and usage.inodes > 1:
-                if not os.path.isdir(self._upper(sid)):
-                    raise CorruptStoreError(
-                        f"snapshot {key!r}: its upper directory {self._upper(sid)} is missing, "
-                        f"but its stored usage counts {usage.inodes} inodes: the layer's files "
-                        "are lost (remove the snapshot, or restore the root from a backup)"
-                    )
-            lost.append((sid, info.kind, info.parent))
-            key = info.parent
-        for sid, kind, parent in reversed(lost):  # the base first: owners come from parents
-            owner = os.stat(self._upper(storage.get_info(tx, parent)[0])) if parent else None
-            log.warning("snapshot %d: recreating its directories, lost by a power loss", sid)
-            if os.path.isdir(self._dir(sid)):
-                self._make_dirs(self._dir(sid), kind, owner)
-            else:
-                with contextlib.ExitStack() as undo:
-                    self._make_snapshot_dir(sid, kind, owner, undo)
-                    undo.pop_all()
 
     def _restore_for_commit(self, key: str, sid: int) -> Usage:
         """commit's walk found no upper directory: restore it if ``key`` is still ``sid``."""
         with self._ms.transaction(write=True) as tx:
             if storage.get_info(tx, key)[0] != sid:
                 raise NotFoundError(f"commit {key!r}: snapshot was removed during the usage walk")
-            self._restore(tx, key)
+            self._dirs.restore(tx, key)
         try:
-            return Usage(*du.disk_usage(self._upper(sid)))
+            return Usage(*du.disk_usage(self._dirs.upper(sid)))
         except FileNotFoundError:
             raise NotFoundError(
                 f"commit {key!r}: snapshot was removed during the usage walk"
             ) from None
 
     def _mounts(self, snap: storage.Snapshot) -> list[Mount]:
-        parents = snap.parent_ids
+        parents, dirs = snap.parent_ids, self._dirs
         if not parents:
             mode = "ro" if snap.kind == Kind.VIEW else "rw"
-            return [Mount(type="bind", source=self._upper(snap.id), options=(mode, "rbind"))]
+            return [Mount(type="bind", source=dirs.upper(snap.id), options=(mode, "rbind"))]
         if snap.kind == Kind.VIEW and len(parents) == 1:
-            return [Mount(type="bind", source=self._upper(parents[0]), options=("ro", "rbind"))]
-        lowers = self._lowerdir(parents)
+            return [Mount(type="bind", source=dirs.upper(parents[0]), options=("ro", "rbind"))]
+        lowers = dirs.lowerdir(parents)
         if snap.kind == Kind.ACTIVE:
-            upper, work = self._upper(snap.id), f"{self._dir(snap.id)}/work"
+            upper, work = dirs.upper(snap.id), f"{dirs.dir(snap.id)}/work"
             options = overlayopts.build(lowers, upper, work, self._options)
         else:
             options = overlayopts.build(lowers, extra=self._options)
         return [Mount(type="overlay", source="overlay", options=options)]
-
-    def _lowerdir(self, parents: tuple[int, ...]) -> str:
-        """The upper directories of ``parents`` joined with ":", kept by the top id.
-
-        Never stale: a committed snapshot's parents never change and its id is
-        never reused. A chain one layer deeper than a kept one costs one
-        concatenation, not one path per layer (prepare on a 1,000-deep chain).
-        """
-        top = parents[0]
-        kept = self._lowerdirs.get(top)
-        if kept is not None:
-            return kept
-        below = self._lowerdirs.get(parents[1]) if len(parents) > 1 else ""
-        if below is None:
-            kept = ":".join([f"{self._snapshots}/{p}/fs" for p in parents])
-        else:
-            kept = f"{self._snapshots}/{top}/fs" + (":" + below if below else "")
-        self._lowerdir_chars += len(kept)
-        if self._lowerdir_chars > _LOWERDIRS_MAX:
-            self._lowerdirs.clear()
-            self._lowerdir_chars = len(kept)
-        self._lowerdirs[top] = kept
-        return kept
 
     def _remove_dirs(self, paths: list[str]) -> set[str]:
         """Remove each tree; the ones removed (a failure is logged; cleanup() retries)."""

@@ -752,7 +752,7 @@ def test_lowerdir_of_kept_chains_matches_the_records(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int
 ) -> None:
     """lowerdir values kept per chain (emptied past a limit) are the layers' upper dirs."""
-    monkeypatch.setattr("pysnap.overlay._LOWERDIRS_MAX", limit)
+    monkeypatch.setattr("pysnap.snapdirs._LOWERDIRS_MAX", limit)
     with OverlaySnapshotter(tmp_path / "a", upperdir_label=True) as sn:
         uppers: list[str] = []
         parent = ""
