@@ -1,5 +1,6 @@
 // Command containerd_overlay drives containerd 1.6's overlay snapshotter in
-// process, the baseline of benchmarks/bench_snapshotter.py. It reads one
+// process, the baseline of benchmarks/bench_snapshotter.py (and of
+// bench_layers.py's containerd apply). It reads one
 // command per line on stdin and answers each with one JSON line on stdout,
 // (or runs the one command given as its arguments), so the benchmark can alternate pysnap and containerd round by round while
 // this process keeps its snapshotters open. Times are measured here, around
@@ -11,6 +12,7 @@
 //	walk ROOT REPS        REPS Walks: {"ns", "count"} (count = snapshots seen per walk)
 //	mounts ROOT KEY REPS  REPS Mounts(KEY): {"ns", "lowers"} (lowerdir entries)
 //	prepare ROOT KEY PARENT   one Prepare on an open root: {"ns"}
+//	apply DIR BLOB        apply a layer blob into DIR as containerd's overlay applier: {"ns", "diff_id"}
 //	close ROOT
 //
 // containerd 1.6's NewSnapshotter takes no durability option: its metadata
@@ -134,6 +136,12 @@ func run(args []string) (map[string]any, error) {
 		if _, err := open[args[1]].Prepare(ctx, args[2], args[3]); err != nil {
 			return nil, err
 		}
+	case "apply":
+		diffID, err := applyLayer(args[1], args[2])
+		if err != nil {
+			return nil, err
+		}
+		out["diff_id"] = diffID
 	case "close":
 		err := open[args[1]].Close()
 		delete(open, args[1])
