@@ -43,8 +43,11 @@ class Applier:
     @property
     def directories(self) -> dict[str, bool]: ...
 
-def write_tar(root_fd: int, sink: Callable[[bytes], object]) -> int:
-    """Write the directory root_fd as a layer tar in ~1 MiB pieces to sink; the entry count."""
+def write_tar(root_fd: int, sink: Callable[[memoryview], object]) -> int:
+    """Write the directory root_fd as a layer tar in ~1 MiB pieces to sink; the entry count.
+
+    The pieces are read-only views of the walk's buffers, each reused once nothing holds it.
+    """
 
 def syncfs(fd: int) -> None:
     """syncfs(2) on the file system holding fd."""

@@ -51,7 +51,7 @@ PAX 0.0, 0.1 and 1.0) are written with holes.
 
 import os
 
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.buffer cimport PyBuffer_FillInfo
 from libc cimport errno
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
@@ -1684,13 +1684,66 @@ cdef struct Link:
 
 cdef enum:
     OUT_FLUSH = 1 << 20        # bytes handed to the sink at a time
+    POOL_MAX = 8               # spare output buffers kept for reuse
 
 cdef uint64_t OCTAL7 = 2097151          # the largest number a 7-digit octal field holds
 cdef int64_t OCTAL11 = 8589934591       # ... and an 11-digit one
 
 
+cdef class _Pool:
+    """Output buffers that pieces hand back when the sink is done with them.
+
+    Refilling a buffer the consumer has released costs neither a copy nor
+    page faults (a fresh 1 MiB bytes object per piece cost both: about a
+    quarter of the walk). Touched with the GIL held only.
+    """
+    cdef Buf spare[POOL_MAX]
+    cdef int n
+
+    def __dealloc__(self):
+        while self.n:
+            self.n -= 1
+            buf_free(&self.spare[self.n])
+
+    cdef Buf take(self):
+        """A spare buffer, or an empty one (buf_reserve allocates it)."""
+        cdef Buf b
+        if self.n:
+            self.n -= 1
+            return self.spare[self.n]
+        memset(&b, 0, sizeof(Buf))
+        return b
+
+    cdef void give(self, Buf *b):
+        if self.n < POOL_MAX:
+            b.len = 0
+            self.spare[self.n] = b[0]
+            self.n += 1
+        else:
+            buf_free(b)
+
+
+cdef class _Piece:
+    """One full output buffer, read-only to the sink; back to the pool when released."""
+    cdef _Pool pool
+    cdef Buf b
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        PyBuffer_FillInfo(view, self, self.b.p, <Py_ssize_t>self.b.len, 1, flags)
+
+    def __releasebuffer__(self, Py_buffer *view):
+        pass
+
+    def __dealloc__(self):
+        if self.pool is not None:
+            self.pool.give(&self.b)
+        else:
+            buf_free(&self.b)
+
+
 cdef class _TarWriter:
     cdef object sink
+    cdef _Pool pool
     cdef object exc
     cdef Buf out
     cdef Buf path
@@ -1710,6 +1763,7 @@ cdef class _TarWriter:
 
     def __cinit__(self, sink):
         self.sink = sink
+        self.pool = _Pool()
 
     def __dealloc__(self):
         cdef size_t i
@@ -1757,11 +1811,14 @@ cdef class _TarWriter:
             return 0
         with gil:
             try:
-                self.sink(PyBytes_FromStringAndSize(self.out.p, self.out.len))
+                piece = _Piece()
+                piece.b = self.out
+                piece.pool = self.pool
+                self.out = self.pool.take()
+                self.sink(memoryview(piece))
             except BaseException as e:
                 self.exc = e
                 return -1
-        self.out.len = 0
         return 0
 
     cdef char *_room(self, size_t n) noexcept nogil:

@@ -18,6 +18,7 @@ import pytest
 import zstandard
 from isal import isal_zlib
 from layertar import MTIME, dir_, file, link, node, opaque, symlink, tar, whiteout
+from trees import tree_state
 
 import pysnap
 from pysnap.cli import main
@@ -27,30 +28,6 @@ from pysnap.overlay import UPPERDIR_LABEL
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="layers need root (chown, mknod)")
 
 OCI = "application/vnd.oci.image.layer.v1.tar"
-
-
-def tree(root: Path) -> dict[str, tuple]:
-    """What a tree shows: per path its type, mode, owner, mtime, content/target/device, xattrs."""
-    out: dict[str, tuple] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in dirnames + filenames:
-            p = os.path.join(dirpath, n)
-            st = os.lstat(p)
-            rel = os.path.relpath(p, root)
-            if stat.S_ISREG(st.st_mode):
-                with open(p, "rb") as f:
-                    what: object = hashlib.sha256(f.read()).hexdigest()
-            elif stat.S_ISLNK(st.st_mode):
-                what = os.readlink(p)
-            else:
-                what = st.st_rdev
-            xattrs = {
-                k: os.getxattr(p, k, follow_symlinks=False)
-                for k in os.listxattr(p, follow_symlinks=False)
-                if not k.startswith("trusted.overlay.")
-            }
-            out[rel] = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, what, xattrs)
-    return out
 
 
 @pytest.fixture
@@ -449,7 +426,7 @@ def test_diff_is_deterministic_and_applies_back(sn, tmp_path: Path, compression)
         first.digest,
         first.media_type,
     )
-    assert tree(upper(sn, "again")) == tree(upper(sn, "k"))
+    assert tree_state(upper(sn, "again")) == tree_state(upper(sn, "k"))
 
 
 @pytest.mark.root
@@ -470,7 +447,7 @@ def test_apply_of_diff_reproduces_the_mounted_tree(sn, tmp_path: Path) -> None:
         (mnt / "b/again").write_bytes(b"again")
         os.link(mnt / "a/new", mnt / "hard")
         os.utime(mnt / "a/y", ns=(5, 1_500_000_000_123_456_789))
-        expected = tree(mnt)
+        expected = tree_state(mnt)
     finally:
         pysnap.unmount(mnt)
     layer = sn.diff("work", tmp_path / "layer.tar.gz")
@@ -484,7 +461,7 @@ def test_apply_of_diff_reproduces_the_mounted_tree(sn, tmp_path: Path) -> None:
     sn.view("v1", "c1")
     pysnap.mount_all(sn.mounts("v1"), mnt)
     try:
-        got = tree(mnt)
+        got = tree_state(mnt)
     finally:
         pysnap.unmount(mnt)
     # directories' own mtimes are the only thing overlayfs may have touched differently

@@ -13,13 +13,16 @@ import contextlib
 import datetime as dt
 import errno
 import hashlib
+import io
 import os
 import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+from trees import tree_state
 
 from pysnap import Info, Kind, Mount, OverlaySnapshotter, Usage, mounted
 from pysnap.errors import (
@@ -31,6 +34,9 @@ from pysnap.errors import (
 from pysnap.fsutil import remove_tree
 from pysnap.overlay import UPPERDIR_LABEL
 
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
 Applier = Callable[[Path], None]
 
 
@@ -40,33 +46,6 @@ def sn(open_sn: Callable[..., OverlaySnapshotter], tmp_path: Path) -> OverlaySna
 
 
 # -- helpers -----------------------------------------------------------------
-
-
-def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
-    """What a tree holds: per path its type, mode, owner and content (not times)."""
-    state: dict[str, tuple[object, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            rel = os.path.relpath(p, root)
-            if stat.S_ISREG(st.st_mode):
-                with open(p, "rb") as f:
-                    content: object = hashlib.sha256(f.read()).hexdigest()
-            elif stat.S_ISLNK(st.st_mode):
-                content = os.readlink(p)
-            else:
-                content = None
-            state[rel] = (
-                stat.S_IFMT(st.st_mode),
-                stat.S_IMODE(st.st_mode),
-                st.st_uid,
-                st.st_gid,
-                content,
-            )
-    st = os.lstat(root)
-    state["."] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, None)
-    return state
 
 
 def write(path: Path, data: str, mode: int = 0o644) -> None:
@@ -92,7 +71,9 @@ def check_chain(sn: OverlaySnapshotter, flat: Path, appliers: list[Applier]) -> 
         apply_layer(sn, f"l{n}", parent, applier)
         parent = f"l{n}-c"
         with mounted(sn.view(f"v{n}", parent)) as target:
-            assert tree_state(Path(target)) == tree_state(flat), f"layer {n}"
+            assert tree_state(Path(target), times=False) == tree_state(flat, times=False), (
+                f"layer {n}"
+            )
         sn.remove(f"v{n}")
 
 
@@ -390,6 +371,34 @@ def test_fs_owned_like_parent(sn: OverlaySnapshotter) -> None:
     sn.prepare("b", "c")
     st = os.stat(Path(sn.root, "snapshots", "2", "fs"))
     assert (st.st_uid, st.st_gid) == (1234, 5678)
+
+
+def test_diff_to_a_writer_that_keeps_its_pieces(tmp_path: Path) -> None:
+    """diff lends its own buffers to the writer: one the writer keeps is never refilled."""
+
+    class Keeper(io.RawIOBase):
+        def __init__(self) -> None:
+            self.pieces: list[memoryview] = []
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, piece: Buffer) -> int:
+            self.pieces.append(memoryview(piece))
+            return len(self.pieces[-1])
+
+    with OverlaySnapshotter(tmp_path / "root", sync=False, upperdir_label=True) as sn:
+        sn.prepare("k")
+        upper = Path(sn.stat("k").labels[UPPERDIR_LABEL])
+        for i in range(12):  # more pieces than the walk keeps spare buffers
+            (upper / f"f{i:02}").write_bytes(os.urandom(1 << 20))
+        kept, copied = Keeper(), io.BytesIO()
+        layer = sn.diff("k", kept, compression=None)
+        assert sn.diff("k", copied, compression=None) == layer
+    blob = b"".join(kept.pieces)
+    assert len(kept.pieces) > 12 and all(p.readonly for p in kept.pieces)
+    assert blob == copied.getvalue()
+    assert layer.digest == "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
 def test_root_with_separator_refused(tmp_path: Path) -> None:

@@ -19,7 +19,10 @@ import hashlib
 import types
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 from ..errors import InvalidArgumentError
 
@@ -147,7 +150,7 @@ def _unzstd(raw: HashingReader) -> Iterator[bytes]:
         reader.close()
 
 
-def compressor(compression: str | None, level: int | None) -> Callable[[bytes], bytes] | None:
+def compressor(compression: str | None, level: int | None) -> Callable[[Buffer], bytes] | None:
     """A function compressing successive pieces; called with b"" last, to flush. None: none.
 
     gzip levels are ISA-L's 0-3 (default 2; zlib's 0-9 without isal), zstd's 1-22 (3).
@@ -163,7 +166,7 @@ def compressor(compression: str | None, level: int | None) -> Callable[[bytes], 
             f"compression {compression!r}: use 'gzip', 'zstd' or None (uncompressed)"
         )
 
-    def step(data: bytes) -> bytes:
+    def step(data: Buffer) -> bytes:
         out: bytes = c.compress(data) if data else c.flush()
         return out
 

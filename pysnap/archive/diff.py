@@ -2,12 +2,14 @@
 
 One sorted walk of the upper in snapcore (``fsops.write_tar``), no
 comparison of two trees: a small change over a big base costs the change.
-The walk runs in the calling thread, compression, the digest and the
-writes in another (pipeline.Consumer).
+The walk runs in the calling thread, compression and the writes in another
+(pipeline.Consumer); the pieces are the walk's own buffers, lent without a
+copy until the writer drops them.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import os
@@ -57,28 +59,40 @@ def diff_upper(
     except (ValueError, TypeError) as e:
         raise InvalidArgumentError(f"diff {key!r}: level {level!r}: {e}") from None
     # Uncompressed: one hash (diff ID = digest), in the writer thread. Compressed:
-    # the diff ID is hashed in the walking thread, the compressor, the digest and
-    # the writes run in the writer thread, so the two cores share the work.
+    # the compressor and the writes run in the writer thread, both digests in the
+    # walking thread (the compressed pieces come back through `done`), so the
+    # slower stage, the compressor, has a core to itself.
     uncompressed = hashlib.sha256()
     written = hashlib.sha256() if compress is not None else uncompressed
+    done: collections.deque[bytes] = collections.deque()  # written, not yet hashed
     size = 0
     fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         with _target(out) as f:
 
-            def write(piece: bytes) -> None:
+            def write(piece: memoryview) -> None:
                 nonlocal size
-                data = compress(piece) if compress is not None else piece  # b"": flush
+                if compress is None:
+                    written.update(piece)
+                    size += len(piece)
+                    f.write(piece)
+                    return
+                data = compress(piece)  # b"": flush
                 if data:
-                    written.update(data)
                     size += len(data)
                     f.write(data)
+                    done.append(data)
+
+            def hash_written() -> None:
+                while done:
+                    written.update(done.popleft())
 
             consumer = Consumer(write)
 
-            def walked(piece: bytes) -> None:
+            def walked(piece: memoryview) -> None:
                 if compress is not None:
                     uncompressed.update(piece)
+                    hash_written()
                 consumer.put(piece)
 
             try:
@@ -87,8 +101,9 @@ def diff_upper(
                 consumer.abort()
                 raise
             if compress is not None:
-                consumer.put(b"")  # flush the compressor
+                consumer.put(memoryview(b""))  # flush the compressor
             consumer.finish()
+            hash_written()
             f.flush()
     except fsops.UpperError as e:
         raise FailedPreconditionError(f"diff {key!r}: {e}") from e

@@ -76,7 +76,7 @@ class Producer:
 class Consumer:
     """Hand pieces to ``sink`` in a thread: ``put(piece)``; ``finish()`` waits for the last."""
 
-    def __init__(self, sink: Callable[[bytes], object]) -> None:
+    def __init__(self, sink: Callable[[memoryview], object]) -> None:
         self._q: queue.Queue[Any] = queue.Queue(_DEPTH)
         self._error: BaseException | None = None
         self._sink = sink
@@ -91,7 +91,7 @@ class Consumer:
                 except BaseException as e:  # raised in put() or finish()
                     self._error = e
 
-    def put(self, piece: bytes) -> None:
+    def put(self, piece: memoryview) -> None:
         if self._error is not None:
             raise self._error
         self._q.put(piece)

@@ -1,0 +1,41 @@
+"""What a directory tree shows, for comparing two trees in the tests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+
+def _entry(path: str, times: bool) -> tuple[object, ...]:
+    st = os.lstat(path)
+    if stat.S_ISREG(st.st_mode):
+        with open(path, "rb") as f:
+            what: object = hashlib.sha256(f.read()).hexdigest()
+    elif stat.S_ISLNK(st.st_mode):
+        what = os.readlink(path)
+    else:
+        what = st.st_rdev
+    xattrs = {
+        k: os.getxattr(path, k, follow_symlinks=False)
+        for k in os.listxattr(path, follow_symlinks=False)
+        if not k.startswith("trusted.overlay.")
+    }
+    return (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns if times else None, what, xattrs)
+
+
+def tree_state(root: Path, *, times: bool = True) -> dict[str, tuple[object, ...]]:
+    """Per path ("." is root itself): mode, uid, gid, mtime, content, xattrs.
+
+    The mtime is in nanoseconds, None without ``times`` and for the root
+    (whose mtime follows whatever was made in it); content is a digest, a
+    link target or a device number; overlayfs' own ``trusted.overlay.*``
+    xattrs are left out.
+    """
+    out = {".": _entry(str(root), False)}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            out[os.path.relpath(path, root)] = _entry(path, times)
+    return out
