@@ -248,7 +248,7 @@ def _apply_parallel(
                         sn, blobs[i], diff_ids[i], chains[i], parent, keys[i], futures[i].result()
                     )
             except BaseException as e:
-                stop.fail(e)  # a layer stopped for another's failure records nothing
+                stop.fail(e)  # a commit's failure stops the layers too (_Stopped records nothing)
                 for f in futures.values():
                     f.cancel()
                 raise
