@@ -11,7 +11,10 @@ and on the root disk (/var/tmp), each round into a fresh root:
   same run on the same image), containerd 1.6 unpacking the same
   image into its overlayfs snapshotter with the content already ingested
   (``ctr images import --no-unpack`` once, then ``ctr images mount``, which
-  unpacks, per round), and ``umoci unpack``;
+  unpacks, per round), each of its rounds followed by a round of pysnap's
+  parallel unpack (the side-by-side summary at the end: the same-run ratio
+  on a shared machine), and ``umoci unpack``; extra_info gives the CPU
+  seconds of each (containerd: the daemon's, its children's and ctr's);
 * export: pysnap's export of the image plus one layer made on pysnap (the
   five source blobs reused, one layer diffed), beside ``umoci repack`` of the
   same change to an unpacked bundle.
@@ -26,6 +29,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import subprocess
@@ -36,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import record
 from timing import median
 
 import pysnap
@@ -179,6 +184,23 @@ def _fs(scratch: Path) -> str:
     return next(k for k, v in FILESYSTEMS.items() if str(scratch).startswith(v))
 
 
+def _cpu(who: int = resource.RUSAGE_SELF) -> float:
+    """CPU seconds (user + system) of this process, or of its waited-for children."""
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def _cpu_of(pid: int) -> float:
+    """CPU seconds of a running process ``pid`` and of its waited-for children."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return sum(int(t) for t in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_info(benchmark: Any, cpu: list[float]) -> None:
+    benchmark.extra_info["cpu_s per round"] = [round(c, 2) for c in cpu]
+
+
 # ---- unpack -------------------------------------------------------------------------
 
 
@@ -196,14 +218,23 @@ def test_unpack_pysnap(benchmark: Any, image: Path, scratch: Path, parallel: boo
     benchmark.group = group
     state: dict[str, Any] = {}
 
+    cpu: list[float] = []
+
     def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
         if "sn" in state:
             state["sn"].close()
         state["sn"] = pysnap.OverlaySnapshotter(_fresh(scratch, "root"))
-        return (state["sn"], image), {"parallel": parallel}
+        return (state["sn"],), {}
 
-    result = benchmark.pedantic(unpack, setup=setup, rounds=2, iterations=1)
+    def run(sn: pysnap.OverlaySnapshotter) -> pysnap.images.Image:
+        before = _cpu()
+        result = unpack(sn, image, parallel=parallel)
+        cpu.append(_cpu() - before)
+        return result
+
+    result = benchmark.pedantic(run, setup=setup, rounds=2, iterations=1)
     benchmark.extra_info["files"] = sum(layer.entries for layer in result.layers)
+    _cpu_info(benchmark, cpu)
     state["sn"].close()
     _record(benchmark, group, "pysnap" if parallel else "pysnap sequential")
 
@@ -212,22 +243,30 @@ def test_unpack_umoci(benchmark: Any, image: Path, scratch: Path) -> None:
     group = f"unpack {_fs(scratch)}"
     benchmark.group = group
 
+    cpu: list[float] = []
+
     def run() -> None:
+        before = _cpu(resource.RUSAGE_CHILDREN)
         subprocess.run(
             ["umoci", "unpack", "--image", f"{image}:{REF}", str(scratch / "bundle")],
             check=True,
             capture_output=True,
         )
+        cpu.append(_cpu(resource.RUSAGE_CHILDREN) - before)
 
     benchmark.pedantic(
         run, setup=lambda: _fresh(scratch, "bundle") and None, rounds=2, iterations=1
     )
+    _cpu_info(benchmark, cpu)
     _record(benchmark, group, "umoci unpack")
 
 
 @contextlib.contextmanager
-def _containerd(root: Path) -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
-    """A private containerd 1.6, its root (overlayfs snapshots) under ``root``."""
+def _containerd(
+    root: Path,
+) -> Iterator[tuple[Callable[..., subprocess.CompletedProcess[str]], Callable[[], float]]]:
+    """A private containerd 1.6, its root (overlayfs snapshots) under ``root``: its ctr, and
+    the CPU seconds of the daemon, its children and every ctr so far."""
     base = Path(tempfile.mkdtemp(prefix="pysnap-bctd-", dir="/tmp"))  # short socket paths
     address = str(base / "c.sock")
     (base / "config.toml").write_text(
@@ -250,7 +289,7 @@ def _containerd(root: Path) -> Iterator[Callable[..., subprocess.CompletedProces
                 ["ctr", "--address", address, *args], check=True, capture_output=True, text=True
             )
 
-        yield ctr
+        yield ctr, lambda: _cpu_of(daemon.pid) + _cpu(resource.RUSAGE_CHILDREN)
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(30)
@@ -261,15 +300,29 @@ def _containerd(root: Path) -> Iterator[Callable[..., subprocess.CompletedProces
 
 @pytest.mark.skipif(shutil.which("containerd") is None, reason="needs containerd")
 def test_unpack_containerd(benchmark: Any, image: Path, scratch: Path) -> None:
+    """containerd's unpack, each round followed by a round of pysnap's parallel unpack."""
     group = f"unpack {_fs(scratch)}"
     benchmark.group = group
     name = f"example.com/{REF}:1"
     target = scratch / "mnt"
     target.mkdir()
-    with _containerd(scratch / "containerd") as ctr:
+    ours: list[float] = []
+    cpu: dict[str, list[float]] = {"containerd": [], "pysnap": []}
+    with _containerd(scratch / "containerd") as (ctr, ctr_cpu):
         ctr("images", "import", "--no-unpack", str(CACHE / "oci.tar"))  # content ingested once
 
+        def pysnap_round() -> None:
+            with pysnap.OverlaySnapshotter(_fresh(scratch, "root")) as sn:
+                before, start = _cpu(), time.perf_counter()
+                unpack(sn, image)
+                ours.append(time.perf_counter() - start)
+                cpu["pysnap"].append(_cpu() - before)
+            _fresh(scratch, "root")
+
         def setup() -> None:
+            if state:  # after containerd's round, pysnap's
+                cpu["containerd"].append(ctr_cpu() - state.pop())
+                pysnap_round()
             with contextlib.suppress(subprocess.CalledProcessError):
                 ctr("images", "unmount", "--rm", str(target))
 
@@ -283,11 +336,18 @@ def test_unpack_containerd(benchmark: Any, image: Path, scratch: Path) -> None:
                     with contextlib.suppress(subprocess.CalledProcessError):
                         ctr("snapshots", "rm", key)
             assert not keys(), "containerd's snapshots were not all removed"
+            state.append(ctr_cpu())
 
+        state: list[float] = []
         benchmark.pedantic(
-            lambda: ctr("images", "mount", name, str(target)), setup=setup, rounds=2, iterations=1
+            lambda: ctr("images", "mount", name, str(target)), setup=setup, rounds=3, iterations=1
         )
+        cpu["containerd"].append(ctr_cpu() - state.pop())
+        pysnap_round()
         ctr("images", "unmount", "--rm", str(target))
+    benchmark.extra_info["cpu_s per round"] = {k: [round(c, 2) for c in v] for k, v in cpu.items()}
+    rounds = benchmark.stats.stats.data if benchmark.stats else []
+    record(benchmark, ours, list(rounds))
     _record(benchmark, group, "containerd 1.6")
 
 

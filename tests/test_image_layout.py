@@ -216,6 +216,28 @@ def test_layer_blobs_are_verified_while_they_stream(tmp_path: Path) -> None:
         src.open_blob(layer, "layer 1")
 
 
+def test_a_blob_its_consumer_hashes_is_checked_against_that_digest(tmp_path: Path) -> None:
+    """hashing=False (a layer apply hashes what it reads): the reader counts, finish checks."""
+    lay = Layout(tmp_path / "oci")
+    lay.index([lay.image([A, B])])
+    with ImageSource(lay.path) as src:
+        layer = src.resolve(platform="linux/amd64").layers[1]
+        data = (lay.path / "blobs" / "sha256" / layer.desc.digest[7:]).read_bytes()
+        with src.open_blob(layer, "layer 1", hashing=False) as reader:
+            assert reader.read() == data
+            assert reader.finish(sha(data)) == layer.desc.digest
+        with src.open_blob(layer, "layer 1", hashing=False) as reader:
+            reader.read()
+            with pytest.raises(InvalidArgumentError, match=f"digest mismatch.*{sha(b'x')}"):
+                reader.finish(sha(b"x"))
+        with src.open_blob(layer, "layer 1", hashing=False) as reader:
+            reader.read(3)
+            with pytest.raises(InvalidArgumentError, match=r"stopped \d+ bytes before the end"):
+                reader.finish(sha(data[:3]))
+            with pytest.raises(InvalidArgumentError, match="before the end"):
+                reader.read()  # kept, as every error of the reader
+
+
 def test_absent_non_distributable_layer_names_its_url(tmp_path: Path) -> None:
     lay = Layout(tmp_path / "oci")
     m = lay.image([A])

@@ -8,6 +8,7 @@ back by umoci (``umoci ls``, ``umoci stat``, ``umoci unpack``) and by pysnap.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -19,7 +20,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from image_util import Layout, docker_archive, layer_tar, sha, tar_of, tree, umoci, umoci_busybox
+from image_util import (
+    OCI_CONFIG,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
+    Layout,
+    docker_archive,
+    layer_tar,
+    sha,
+    tar_of,
+    tree,
+    umoci,
+    umoci_busybox,
+)
 
 import pysnap
 from pysnap import blobstore
@@ -164,10 +177,39 @@ def test_failed_layer_leaves_nothing_of_it(sn: pysnap.OverlaySnapshotter, tmp_pa
     data[-5] ^= 1  # the gzip trailer's size field: same length, another digest
     path.write_bytes(data)
     with pytest.raises(InvalidArgumentError, match=rf"layer 1 sha256:{path.name}: digest mismatch"):
-        unpack(sn, lay.path, platform="linux/amd64")
+        unpack(sn, lay.path, platform="linux/amd64", parallel=False)
     assert [i.name for i in sn.walk()] == [chains[0]]  # layer 0 stays, right as it is
     assert not os.listdir(os.path.join(sn.root, "blobs", "ingest"))
     assert os.path.exists(blobstore.blob_path(sn.root, "sha256:" + path.name)) is False
+
+
+def test_sha512_layers_are_verified(sn: pysnap.OverlaySnapshotter, tmp_path: Path) -> None:
+    """A descriptor naming sha512 (the apply hashes sha256): the blob reader checks it."""
+    lay = Layout(tmp_path / "oci")
+    a, b = layer_tar({"a": b"1"}), layer_tar({"b": b"2"})
+    descs = []
+    for t in (a, b):
+        blob = gzip.compress(t, mtime=0)
+        digest = "sha512:" + hashlib.sha512(blob).hexdigest()
+        (lay.path / "blobs" / "sha512").mkdir(exist_ok=True)
+        (lay.path / "blobs" / "sha512" / digest[7:]).write_bytes(blob)
+        descs.append({"mediaType": OCI_LAYER_GZIP, "digest": digest, "size": len(blob)})
+    config = {"os": "linux", "architecture": "amd64"}
+    config["rootfs"] = {"type": "layers", "diff_ids": [sha(a), sha(b)]}
+    manifest = {"schemaVersion": 2, "config": lay.doc(config, OCI_CONFIG), "layers": descs}
+    lay.index([lay.doc(manifest, OCI_MANIFEST)])
+    image = unpack(sn, lay.path, platform="linux/amd64")
+    assert [layer.digest for layer in image.layers] == [d["digest"] for d in descs]
+    assert _view_tree(sn, image.top)["b"]
+    path = lay.path / "blobs" / "sha512" / str(descs[1]["digest"])[7:]
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 1  # the gzip trailer's size field: same length, another digest
+    path.write_bytes(data)
+    with (
+        pysnap.OverlaySnapshotter(tmp_path / "other") as other,
+        pytest.raises(InvalidArgumentError, match=r"layer 1 sha512:\w+: digest mismatch"),
+    ):
+        unpack(other, lay.path, platform="linux/amd64")
 
 
 def test_wrong_diff_id_is_refused(sn: pysnap.OverlaySnapshotter, tmp_path: Path) -> None:

@@ -203,8 +203,13 @@ class ImageSource:
 
     # -- blobs --------------------------------------------------------------
 
-    def open_blob(self, blob: LayerBlob, what: str, tee: Any = None) -> VerifiedReader:
-        """A verified stream of ``blob``; NotFoundError if absent, InvalidArgumentError on size."""
+    def open_blob(
+        self, blob: LayerBlob, what: str, tee: Any = None, *, hashing: bool = True
+    ) -> VerifiedReader:
+        """A verified stream of ``blob``; NotFoundError if absent, InvalidArgumentError on size.
+
+        ``hashing=False``: the consumer hashes it (see VerifiedReader).
+        """
         desc = blob.desc
         found = self._files.open(blob.path)
         if found is None:
@@ -217,7 +222,7 @@ class ImageSource:
             raise InvalidArgumentError(
                 f"{what}: the blob is {size} bytes, its descriptor says {desc.size}"
             )
-        return VerifiedReader(raw, size, desc.digest or None, what, tee)
+        return VerifiedReader(raw, size, desc.digest or None, what, tee, hashing=hashing)
 
     def has_blob(self, blob: LayerBlob) -> bool:
         found = self._files.open(blob.path)

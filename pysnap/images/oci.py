@@ -59,22 +59,11 @@ NON_DISTRIBUTABLE = frozenset(
     t for t in LAYER_TYPES if ".nondistributable." in t or ".foreign." in t
 )
 
-# The compression of a layer's bytes, by magic number, to its OCI media type.
-_MAGIC = ((b"\x1f\x8b", OCI_LAYER + "+gzip"), (b"\x28\xb5\x2f\xfd", OCI_LAYER + "+zstd"))
-
 _DIGEST = re.compile(r"(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})")
 
 # The image spec's annotations naming an image, and containerd's.
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
-
-
-def media_type_of(head: bytes) -> str:
-    """The OCI layer media type for a layer whose first bytes are ``head``."""
-    for magic, media_type in _MAGIC:
-        if head.startswith(magic):
-            return media_type
-    return OCI_LAYER
 
 
 def check_digest(value: object, what: str) -> str:

@@ -12,13 +12,19 @@ ID both apply it; the second commit meets AlreadyExistsError and takes the
 first one's snapshot.
 
 The parallel unpack (the default) applies the layers to apply at once, each
-into its own parentless extract key (a thread pool sized to the cores: the
-apply loop releases the GIL), and commits them in chain order with
-``commit(parent=)`` (containerd 2.2's rebase), which gives the directories an
-apply made implicitly the metadata of their first lower: the tree is the
-sequential unpack's. A failure stops the applies of the layers above it
-(their reads fail) and removes every extract key of this unpack; the layers
-below it are committed, as a sequential unpack leaves them.
+into its own parentless extract key (a thread pool sized to the cores, the
+largest layers first: the apply loop releases the GIL), and commits them in
+chain order with ``commit(parent=)`` (containerd 2.2's rebase), which gives
+the directories an apply made implicitly the metadata of their first lower:
+the tree is the sequential unpack's. A failure in one layer stops all the
+others at their next read of the blob (those not begun are not begun) and
+removes every extract key of this unpack that is not committed; the layers
+below it that were applied already are committed, as a sequential unpack
+leaves them.
+
+Each blob is hashed once: by the apply, which returns the digest of what it
+read (sha256), checked against the descriptor here; the blob's copy into the
+blob store is written from the same reads.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from ..errors import (
 from ..storage import REF_LABEL
 from ..types import Info, Kind
 from .layout import ImageSource, LayerBlob
-from .oci import chain_ids, media_type_of
+from .oci import chain_ids
 
 if TYPE_CHECKING:
     from ..overlay import OverlaySnapshotter
@@ -222,25 +228,18 @@ def _apply_parallel(
         i: _labels(blobs[i], diff_ids[i], chains[i], chains[i - 1] if i else "") for i in todo
     }
     done: dict[int, Layer] = {}
+    failure: BaseException | None = None
     try:
         for i in todo:
             _prepare(sn, keys[i], labels[i])
         with ThreadPoolExecutor(max_workers=min(len(todo), _cores())) as pool:
+            # The largest first, so that the last layer running alone is a small one.
+            order = sorted(todo, key=lambda i: -blobs[i].desc.size)
             futures: dict[int, Future[_Extracted]] = {
                 i: pool.submit(
-                    stop.run,
-                    i,
-                    _extract,
-                    sn,
-                    src,
-                    i,
-                    blobs[i],
-                    diff_ids[i],
-                    keys[i],
-                    labels[i],
-                    stop,
+                    stop.run, _extract, sn, src, i, blobs[i], diff_ids[i], keys[i], labels[i], stop
                 )
-                for i in todo
+                for i in order
             }
             try:
                 for i in todo:
@@ -248,17 +247,19 @@ def _apply_parallel(
                     done[i] = _commit(
                         sn, blobs[i], diff_ids[i], chains[i], parent, keys[i], futures[i].result()
                     )
-            except BaseException:
-                stop.fail(i)  # the lowest failure: those below it are committed
+            except BaseException as e:
+                stop.fail(e)  # a commit's failure stops the layers too (_Stopped records nothing)
                 for f in futures.values():
                     f.cancel()
                 raise
-    except BaseException:
+    except BaseException as e:
+        failure = stop.error or e  # the first failure, not a layer it stopped
         for i in todo:
             if i not in done:
                 with contextlib.suppress(NotFoundError):
                     sn.remove(keys[i])
-        raise
+    if failure is not None:
+        raise failure  # out of the except block: no stopped layer as its context
     return done
 
 
@@ -269,48 +270,60 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+class _Stopped(Exception):
+    """A layer's apply ended because another layer of the unpack failed (never raised out)."""
+
+
 class _Stop:
-    """The lowest layer of a parallel unpack that failed: the layers above it stop, those
-    below it go on, to be committed as a sequential unpack would have."""
+    """The first failure of a parallel unpack: every other layer stops at its next read.
+
+    Layers below the failure that were applied already are committed (their
+    chain IDs are right); none is applied further.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._failed: int | None = None
+        self._halted = False
+        self.error: BaseException | None = None
 
-    def fail(self, i: int) -> None:
+    def halt(self) -> None:
+        """Stop the other layers now (their reads raise _Stopped); the error follows."""
+        self._halted = True
+
+    def fail(self, e: BaseException) -> None:
+        self.halt()
+        if isinstance(e, _Stopped):
+            return
         with self._lock:
-            if self._failed is None or i < self._failed:
-                self._failed = i
+            if self.error is None:
+                self.error = e
 
-    def stopped(self, i: int) -> bool:
-        failed = self._failed
-        return failed is not None and i > failed
+    def check(self) -> None:
+        if self._halted:
+            raise _Stopped("unpack: stopped, another layer failed")
 
-    def run(self, i: int, fn: Any, *args: Any) -> Any:
+    def run(self, fn: Any, *args: Any) -> Any:
         try:
+            self.check()  # a layer not begun when another failed is not begun
             return fn(*args)
-        except BaseException:
-            self.fail(i)
+        except BaseException as e:
+            self.fail(e)
             raise
 
 
 class _Stoppable:
-    """A blob reader whose reads fail once a layer below its own failed."""
+    """A blob reader whose reads fail once another layer failed."""
 
-    def __init__(self, reader: Any, stop: _Stop, i: int) -> None:
-        self._reader, self._stop, self._i = reader, stop, i
+    def __init__(self, reader: Any, stop: _Stop) -> None:
+        self._reader, self._stop = reader, stop
 
     def read(self, n: int = -1) -> bytes:
-        self._check()
+        self._stop.check()
         return cast(bytes, self._reader.read(n))
 
     def readinto(self, buf: Any) -> int:
-        self._check()
+        self._stop.check()
         return cast(int, self._reader.readinto(buf))
-
-    def _check(self) -> None:
-        if self._stop.stopped(self._i):
-            raise FailedPreconditionError("unpack: stopped, a layer below failed")
 
 
 @dataclass(frozen=True)
@@ -334,26 +347,30 @@ def _extract(
     after a failure. ``labels`` gain the blob's digest and media type when found only now."""
     what = _what(i, blob)
     ingest = None
+    # The apply hashes what it reads with sha256 (Layer.digest): the reader only
+    # counts, unless the descriptor names another algorithm.
+    by_apply = not blob.desc.digest or blob.desc.digest.startswith("sha256:")
     try:
         have = blob.desc.digest and os.path.exists(blobstore.blob_path(sn.root, blob.desc.digest))
         ingest = None if have else blobstore.Ingest(sn.root)
-        with src.open_blob(blob, what, tee=ingest) as reader:
-            layer = reader if stop is None else _Stoppable(reader, stop, i)
+        with src.open_blob(blob, what, tee=ingest, hashing=not by_apply) as reader:
+            layer = reader if stop is None else _Stoppable(reader, stop)
             try:
                 # a RawIOBase: what apply reads of a BinaryIO (read/readinto) it has
                 applied = sn.apply(key, cast(BinaryIO, layer), diff_id=diff_id)
             except Exception as e:
-                # A damaged blob fails the apply first (a gzip CRC, a tar header):
-                # read it to its end, and report the blob's digest if that is it.
-                if stop is not None and stop.stopped(i):
+                if isinstance(e, _Stopped):
                     raise
-                with contextlib.suppress(InvalidArgumentError):
-                    reader.finish()
-                if reader.error is not None:
-                    raise reader.error from e
+                if stop is not None:
+                    stop.halt()  # the others stop now, not after the diagnosis below
+                # A damaged blob fails the apply first (a gzip CRC, a tar header):
+                # report the blob's size or digest if that is it.
+                cause = reader.error or _blob_fault(src, blob, what)
+                if cause is not None:
+                    raise cause from e
                 raise
-            digest = reader.finish()
-            media_type = blob.desc.media_type if blob.desc.digest else media_type_of(reader.head)
+            digest = reader.finish(applied.digest if by_apply else None)
+        media_type = blob.desc.media_type if blob.desc.digest else applied.media_type
         if not blob.desc.digest:  # legacy docker: the digest is known only now
             found = {
                 blobstore.BLOB_DIGEST_LABEL: digest,
@@ -368,6 +385,18 @@ def _extract(
         if ingest is not None:
             ingest.abort()
     return _Extracted(applied, digest, media_type)
+
+
+def _blob_fault(src: ImageSource, blob: LayerBlob, what: str) -> InvalidArgumentError | None:
+    """The size or digest error of ``blob``, read again from its start; None if it is sound."""
+    if not blob.desc.digest:
+        return None  # nothing to check it against
+    with src.open_blob(blob, what) as again:
+        try:
+            again.finish()
+        except InvalidArgumentError as e:
+            return e
+    return None
 
 
 def _commit(
