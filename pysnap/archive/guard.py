@@ -7,7 +7,9 @@ across threads and processes, whichever comes second is refused at once
 (FailedPreconditionError), never made to wait behind a long apply.
 ``snapshots/<id>/applying`` exists while an apply runs; one
 that is still there when no apply holds the lock was left by a killed
-apply: commit and apply then refuse the snapshot until it is removed.
+apply: commit and apply then refuse the snapshot until it is removed. The
+mark is made durable (the file and its directory fsynced) before the apply
+writes anything, so a power loss cannot keep applied files and lose the mark.
 """
 
 from __future__ import annotations
@@ -57,7 +59,19 @@ def marked(snapshot_dir: str) -> Iterator[None]:
     """The apply mark, present while the block runs (left behind only if the process dies)."""
     path = f"{snapshot_dir}/{MARK}"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    os.close(fd)
+    try:
+        os.fsync(fd)
+        # a new file's name is durable once its directory is fsynced
+        dfd = os.open(snapshot_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except BaseException:
+        os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
     try:
         yield
     finally:
