@@ -189,8 +189,7 @@ def _tarfile(layer: Path, target: Path) -> None:
 def _decompress_only(layer: Path, target: Path) -> None:
     with open(layer, "rb", buffering=0) as f:
         head = f.read(8)
-        raw = compression.HashingReader(f, head)
-        for _ in compression.decoded_chunks(raw, compression.detect(head)):
+        for _ in compression.decoded(f, head, compression.detect(head), len):
             pass
 
 

@@ -1,9 +1,9 @@
 """Apply an OCI layer into an ACTIVE snapshot's upper directory (containerd's overlay apply).
 
 The snapshotter checks the key; this module does the rest: the mounted-upper
-check, the lock and the mark (guard.py), the pipeline (a thread reads,
-hashes and decompresses; the calling thread runs snapcore's compiled apply
-loop on each piece), the diff-ID check, and the clean-up after a failure: an
+check, the lock and the mark (guard.py), the pipeline (a thread reads and
+decompresses, another hashes, the calling thread runs snapcore's compiled
+apply loop on each piece), the diff-ID check, and the clean-up after a failure: an
 upper that was empty before the call is emptied again, one that was not is
 reported as partly applied.
 """
@@ -25,7 +25,7 @@ from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..fsutil import remove_tree
 from . import compression, guard, implied
 from .layer import Layer
-from .pipeline import Producer
+from .pipeline import BATCH, Consumer, Producer
 
 log = logging.getLogger(__name__)
 
@@ -139,17 +139,16 @@ def apply_stream(
     does not match), OSError (from the kernel; filename is the entry).
     """
     applier = fsops.Applier(upper, lowers)
+    digests: _Digests | None = None
     try:
         with _opened(layer) as f:
             head = f.read(8) or b""
             media_type = compression.detect(head)
-            raw = compression.HashingReader(f, head)
-            uncompressed = hashlib.sha256() if media_type != compression.MEDIA_TAR else None
+            digests = _Digests(compressed=media_type != compression.MEDIA_TAR)
 
             def pieces() -> Iterator[bytes]:
-                for piece in compression.decoded_chunks(raw, media_type):
-                    if uncompressed is not None:
-                        uncompressed.update(piece)
+                for piece in compression.decoded(f, head, media_type, digests.blob):
+                    digests.tar(piece)
                     yield piece
 
             ended = False
@@ -161,6 +160,7 @@ def apply_stream(
             entries = applier.finish()
             if directories is not None:
                 directories.update(applier.directories)
+        digest, size, actual = digests.finish()
         for entry, xattr, reason in applier.warnings:
             log.warning("layer entry %r: xattr %s not applied: %s", entry, xattr, reason)
     except fsops.TarError as e:
@@ -173,13 +173,58 @@ def apply_stream(
         raise
     finally:
         applier.close()
-    digest = raw.digest()
-    actual = digest if uncompressed is None else "sha256:" + uncompressed.hexdigest()
+        if digests is not None:
+            digests.abort()
     if diff_id is not None and diff_id != actual:
         raise InvalidArgumentError(
             f"{what}: the layer's diff ID is {actual}, not the expected {diff_id}"
         )
-    return Layer(actual, digest, raw.size, media_type, entries)
+    return Layer(actual, digest, size, media_type, entries)
+
+
+class _Digests:
+    """sha256 of the blob and of the tar it decodes to, hashed in a thread of their own.
+
+    ``blob`` and ``tar`` are called in the reader thread, in stream order.
+    """
+
+    def __init__(self, *, compressed: bool) -> None:
+        self._blob = hashlib.sha256()
+        self._tar = hashlib.sha256() if compressed else None
+        self._size = 0
+        self._batch: list[tuple[bool, bytes]] = []
+        self._batched = 0
+        self._hashing = Consumer(self._hash)
+
+    def _hash(self, batch: list[tuple[bool, bytes]]) -> None:
+        for of_tar, data in batch:
+            (self._tar if of_tar and self._tar is not None else self._blob).update(data)
+
+    def _add(self, of_tar: bool, data: bytes) -> None:
+        self._batch.append((of_tar, data))
+        self._batched += len(data)
+        if self._batched >= BATCH:
+            self._hashing.put(self._batch, self._batched)
+            self._batch, self._batched = [], 0
+
+    def blob(self, data: bytes) -> None:
+        self._size += len(data)
+        self._add(False, data)
+
+    def tar(self, piece: bytes) -> None:
+        if self._tar is not None:  # of an uncompressed blob, the blob's digest
+            self._add(True, piece)
+
+    def finish(self) -> tuple[str, int, str]:
+        """(the blob's digest, its size, the diff ID), once everything is hashed."""
+        self._hashing.put(self._batch, self._batched)
+        self._hashing.finish()
+        digest = "sha256:" + self._blob.hexdigest()
+        diff_id = digest if self._tar is None else "sha256:" + self._tar.hexdigest()
+        return digest, self._size, diff_id
+
+    def abort(self) -> None:
+        self._hashing.abort()
 
 
 def _kernel_refused(e: OSError) -> bool:
