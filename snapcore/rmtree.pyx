@@ -2,8 +2,11 @@
 """snapcore.rmtree: empty a directory tree, at any depth, without crossing mounts.
 
 The compiled core of ``pysnap.fsutil.remove_tree`` (which owns the root and
-the policy around it). The walk runs in C with the GIL released, on the
-traversal primitives du shares (``includes/dirwalk.pxd``):
+the policy around it), through ``empty_tree``; and of fsops' applier, which
+removes what a layer entry replaces through ``remove_at`` (C only, declared
+in ``rmtree.pxd``: it needs neither the GIL nor Python). Both run one walk,
+in C with the GIL released, on the traversal primitives du shares
+(``includes/dirwalk.pxd``):
 
 * Iterative, depth-first, on directory fds: only the root's and the current
   directory's are open; climbing back reopens the parent as
@@ -13,15 +16,17 @@ traversal primitives du shares (``includes/dirwalk.pxd``):
   unlinked: unlinking while reading a directory may skip entries.
 * Another mount below (a different ``st_dev``, or ``STATX_ATTR_MOUNT_ROOT``:
   a bind mount of the same file system) is never entered; it and the
-  directories above it stay and are returned. A file bind mount (EBUSY on
-  unlink) stays too.
+  directories above it stay and are returned (by empty_tree; remove_at
+  returns EBUSY). A file bind mount (EBUSY on unlink) stays too.
 * A read-only directory is made writable (``fchmod 0700``) once, when an
   unlink or rmdir in it is refused. An unsearchable one (its child cannot be
   opened: EACCES/EPERM) is handed to Python's ``open_denied(name, dir_fd)``,
   which must chmod without following symlinks (no lchmod in Linux: that
-  needs /proc) and return the child's fd.
-* Every ``TICK`` entries it takes the GIL for ``PyErr_CheckSignals()``: a
-  KeyboardInterrupt stops it there, every fd it opened closed.
+  needs /proc) and return the child's fd. ``remove_at`` has no such hook and
+  reports EACCES: its caller, the applier, runs as root, whom no mode stops.
+* Every ``TICK`` entries ``empty_tree`` takes the GIL for
+  ``PyErr_CheckSignals()``: a KeyboardInterrupt stops it there, every fd it
+  opened closed. ``remove_at`` does not (a signal waits for its caller).
 
 Why not du's walk itself: du reads every entry's statx, keeps a window of
 open fds and hands subtrees to other threads; removal needs no stat (d_type
@@ -115,7 +120,8 @@ cdef struct Rm:
     uint64_t ticker
     int err
     char *errpath         # malloc'd relative path of the failing entry
-    PyObject *open_denied
+    PyObject *open_denied # NULL (remove_at): an unsearchable directory is EACCES
+    bint signals          # check for Ctrl-C every TICK (needs the GIL: not remove_at)
     PyObject *exc
 
 
@@ -164,7 +170,7 @@ cdef int _store_exc(Rm *rm, object e):
 
 cdef int _tick(Rm *rm) noexcept nogil:
     rm.ticker += 1
-    if rm.ticker % TICK:
+    if rm.ticker % TICK or not rm.signals:
         return OK
     with gil:
         try:
@@ -302,8 +308,11 @@ cdef int _open_child(Rm *rm, const char *name, int *out) noexcept nogil:
     if err == errno.ENOTDIR or err == errno.ELOOP:
         err = _unlinkat(rm.fd, name, 0)       # replaced by a file or a symlink
         return SKIP if err == 0 else _fail(rm, err, name)
-    if err == errno.EACCES or err == errno.EPERM:
+    if (err == errno.EACCES or err == errno.EPERM) and rm.open_denied != NULL:
         return _open_denied(rm, name, out)
+    # Without open_denied (remove_at, whose caller runs as root: CAP_DAC_OVERRIDE
+    # opens any directory) it is reported: an fchmod of the parent alone would
+    # not open a child whose own mode refuses.
     return _fail(rm, err, name)
 
 
@@ -419,6 +428,59 @@ cdef int _run(Rm *rm) noexcept nogil:
     return r
 
 
+cdef int _init(Rm *rm, int root_fd, const linux.stat *st) noexcept nogil:
+    """Set rm up to empty the directory root_fd (its fstat st): 0 or errno.
+
+    rm is safe for _free whatever this returns; the caller sets open_denied
+    and signals.
+    """
+    cdef int j
+    rm.root_fd = root_fd
+    rm.root_dev = st.st_dev
+    rm.top = 0
+    rm.fcap = 64
+    rm.listing.p = rm.mounts.p = NULL
+    rm.listing.len = rm.listing.cap = rm.mounts.len = rm.mounts.cap = 0
+    rm.nmounts = 0
+    rm.ticker = 0
+    rm.err = 0
+    rm.errpath = NULL
+    rm.open_denied = NULL
+    rm.signals = False
+    rm.exc = NULL
+    rm.fd = -1
+    rm.buf = <char *>malloc(BUFSZ)
+    rm.frames = <Frame *>malloc(rm.fcap * sizeof(Frame))
+    if rm.buf == NULL or rm.frames == NULL:
+        return errno.ENOMEM
+    for j in range(rm.fcap):
+        rm.frames[j].name = NULL
+        rm.frames[j].kids.p = NULL
+        rm.frames[j].kids.cap = 0
+    rm.frames[0].dev = st.st_dev
+    rm.frames[0].ino = st.st_ino
+    rm.frames[0].kids.len = 0
+    rm.frames[0].holds_mount = False
+    rm.fd = linux.fcntl(root_fd, linux.F_DUPFD_CLOEXEC, 0)
+    return errno.errno if rm.fd < 0 else 0
+
+
+cdef void _free(Rm *rm) noexcept nogil:
+    """Close and free what _init and the walk left (not rm.exc: the caller's)."""
+    cdef int j
+    if rm.fd >= 0:
+        linux.close(rm.fd)
+    if rm.frames != NULL:
+        for j in range(rm.fcap):
+            free(rm.frames[j].name)
+            free(rm.frames[j].kids.p)
+    free(rm.frames)
+    free(rm.buf)
+    free(rm.listing.p)
+    free(rm.mounts.p)
+    free(rm.errpath)
+
+
 def empty_tree(int root_fd, top, open_denied):
     """Remove everything below the directory root_fd (the directory at `top`),
     except other mounts; return the paths (bytes, relative to top) of the
@@ -435,40 +497,20 @@ def empty_tree(int root_fd, top, open_denied):
     """
     cdef Rm rm
     cdef linux.stat st
-    cdef int r, j
+    cdef int err
     cdef size_t pos
     if linux.fstat(root_fd, &st) != 0:
         raise_oserror(errno.errno, top)
-    rm.root_fd = root_fd
-    rm.root_dev = st.st_dev
-    rm.top = 0
-    rm.fcap = 64
-    rm.listing.p = rm.mounts.p = NULL
-    rm.listing.len = rm.listing.cap = rm.mounts.len = rm.mounts.cap = 0
-    rm.nmounts = 0
-    rm.ticker = 0
-    rm.err = 0
-    rm.errpath = NULL
+    err = _init(&rm, root_fd, &st)
     rm.open_denied = <PyObject *>open_denied
-    rm.exc = NULL
-    rm.buf = <char *>malloc(BUFSZ)
-    rm.frames = <Frame *>malloc(rm.fcap * sizeof(Frame))
-    rm.fd = linux.fcntl(root_fd, linux.F_DUPFD_CLOEXEC, 0)
+    rm.signals = True
     try:
-        if rm.buf == NULL or rm.frames == NULL:
+        if err == errno.ENOMEM:
             raise MemoryError()
-        if rm.fd < 0:
-            raise_oserror(errno.errno, top)
-        for j in range(rm.fcap):
-            rm.frames[j].name = NULL
-            rm.frames[j].kids.p = NULL
-            rm.frames[j].kids.cap = 0
-        rm.frames[0].dev = st.st_dev
-        rm.frames[0].ino = st.st_ino
-        rm.frames[0].kids.len = 0
-        rm.frames[0].holds_mount = False
+        if err:
+            raise_oserror(err, top)
         with nogil:
-            r = _run(&rm)
+            _run(&rm)
         if rm.exc != NULL:
             exc = <object>rm.exc
             Py_XDECREF(rm.exc)
@@ -488,14 +530,47 @@ def empty_tree(int root_fd, top, open_denied):
             pos += strlen(rm.mounts.p + pos) + 1
         return mounts
     finally:
-        if rm.fd >= 0:
-            linux.close(rm.fd)
-        if rm.frames != NULL:
-            for j in range(rm.fcap):
-                free(rm.frames[j].name)
-                free(rm.frames[j].kids.p)
-        free(rm.frames)
-        free(rm.buf)
-        free(rm.listing.p)
-        free(rm.mounts.p)
-        free(rm.errpath)
+        _free(&rm)
+
+
+cdef int remove_at(int dfd, const char *name) noexcept nogil:
+    """Remove name (any type) under the directory dfd, at any depth: 0 or errno.
+
+    A missing name is 0. A mount at name or anywhere below it (as for
+    empty_tree: another st_dev than dfd's, a mount root, a file bind mount) is
+    EBUSY: nothing of the mount is touched, it and the directories above it
+    stay, everything else below name goes. No GIL, no Python: no open_denied,
+    no Ctrl-C checks (Python handles a signal once the caller returns to it).
+    """
+    cdef Rm rm
+    cdef linux.stat pst, st
+    cdef int fd = -1, err, r
+    err = _unlinkat(dfd, name, 0)
+    if err != errno.EISDIR:                   # unlink(2) of a directory on Linux
+        return 0 if err == errno.ENOENT else err   # EBUSY: name is a file bind mount
+    err = dirwalk.open_dir_at(dfd, name, &fd)
+    if err != 0:
+        return 0 if err == errno.ENOENT else err
+    if linux.fstat(dfd, &pst) != 0 or linux.fstat(fd, &st) != 0:
+        err = errno.errno
+        linux.close(fd)
+        return err
+    r = 0 if st.st_dev != pst.st_dev else linux.snap_is_mount_root(fd)
+    if st.st_dev != pst.st_dev or r != 0:
+        err = errno.errno if r < 0 else errno.EBUSY   # name itself is a mount point
+        linux.close(fd)
+        return err
+    err = _init(&rm, fd, &st)
+    if err == 0:
+        _run(&rm)
+        if rm.err:
+            err = rm.err
+        elif rm.nmounts:
+            err = errno.EBUSY
+    _free(&rm)
+    linux.close(fd)
+    if err == 0:
+        err = _unlinkat(dfd, name, linux.AT_REMOVEDIR)
+        if err == errno.ENOENT:
+            err = 0
+    return err
