@@ -12,7 +12,7 @@ from cli_helpers import du_tree, root, run, targets  # noqa: F401 (fixtures of t
 
 # the `containerd` fixture: a private containerd on pysnap serve (containerd_env.py)
 from containerd_env import containerd  # noqa: F401
-from mountpoints import detach_all_under
+from mountpoints import detach_all_under, mounted  # noqa: F401 (`mounted`: a fixture)
 
 # `open_sn`: each test that takes it runs in process and served over gRPC (served.py)
 from served import open_sn  # noqa: F401

@@ -1,9 +1,14 @@
-"""Which mounts the tests made, read through pysnap.mountinfo (the one parser)."""
+"""Mounts in the tests: which they made (read through pysnap.mountinfo, the one
+parser), and the `mounted` fixture that undoes its own."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
 
 from pysnap import mountinfo
 from pysnap.mountinfo import MountEntry
@@ -29,3 +34,19 @@ def detach_all_under(base: str | os.PathLike[str]) -> list[str]:
             while True:  # stacked mounts: until umount2 says EINVAL (not mounted)
                 _sys.umount(point, _sys.MNT_DETACH)
     return points
+
+
+@pytest.fixture
+def mounted() -> Iterator[Callable[..., None]]:
+    """mount(fstype, source, target, flags) for the test; everything unmounted after."""
+    from snapcore import mount as sysmount
+
+    targets: list[Path] = []
+
+    def do(fstype: str, source: str, target: Path, flags: int = 0) -> None:
+        sysmount.mount(source, target, fstype, flags, "size=1m" if fstype == "tmpfs" else "")
+        targets.append(target)
+
+    yield do
+    for t in reversed(targets):
+        sysmount.umount(t, sysmount.MNT_DETACH)

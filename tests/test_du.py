@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from interrupts import interrupt_each_call
 from privileges import unprivileged
+from trees import make_chain
 
 from pysnap import _reference
 from pysnap.fsutil import remove_tree
@@ -94,23 +95,6 @@ def deep_tmp(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
     for p in tmp_path.iterdir():
         remove_tree(p)
-
-
-def make_chain(top: Path, depth: int) -> None:
-    """top/d/d/.../d with a file at the bottom, by dir fds (the path exceeds PATH_MAX)."""
-    top.mkdir()
-    fd = os.open(top, _DIR)
-    try:
-        for _ in range(depth):
-            os.mkdir("d", dir_fd=fd)
-            nfd = os.open("d", _DIR, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-        wfd = os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
-        os.write(wfd, b"x" * 5000)
-        os.close(wfd)
-    finally:
-        os.close(fd)
 
 
 def make_files(top: Path, ndirs: int, nfiles: int, data: bytes = b"") -> None:
@@ -241,7 +225,7 @@ def test_empty_directory_and_no_roots(tmp_path: Path) -> None:
 
 def test_deep_chain(deep_tmp: Path) -> None:
     top = deep_tmp / "chain"
-    make_chain(top, 10_000)
+    make_chain(top, 10_000, leaf=b"x" * 5000)
     before = open_fds()
     _, inodes = check_all(top)
     assert inodes == 10_002

@@ -13,25 +13,11 @@ from typing import Any
 import pytest
 from interrupts import gate_opens, interrupt_each_call
 from privileges import as_nobody, unprivileged
+from trees import make_chain
 
 from pysnap.fsutil import remove_tree
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-
-
-def make_chain(top: Path, depth: int, name: str = "d") -> None:
-    """top/d/d/.../d (depth levels) with a file at the bottom, by dir fds (no long paths)."""
-    top.mkdir()
-    fd = os.open(top, _DIR)
-    try:
-        for _ in range(depth):
-            os.mkdir(name, dir_fd=fd)
-            nfd = os.open(name, _DIR, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-        os.close(os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
-    finally:
-        os.close(fd)
 
 
 def test_missing_path_is_a_noop(tmp_path: Path) -> None:
@@ -231,22 +217,6 @@ def test_no_proc_for_the_chmod_raises_instead_of_looping(tmp_path: Path, public_
 
 
 # ---- mounts inside the tree -------------------------------------------------
-
-
-@pytest.fixture
-def mounted() -> Any:
-    """mount(fstype, source, target, flags) for the test; everything unmounted after."""
-    from snapcore import mount as sysmount
-
-    targets: list[Path] = []
-
-    def do(fstype: str, source: str, target: Path, flags: int = 0) -> None:
-        sysmount.mount(source, target, fstype, flags, "size=1m" if fstype == "tmpfs" else "")
-        targets.append(target)
-
-    yield do
-    for t in reversed(targets):
-        sysmount.umount(t, sysmount.MNT_DETACH)
 
 
 @pytest.mark.root

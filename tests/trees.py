@@ -1,4 +1,4 @@
-"""What a directory tree shows, for comparing two trees in the tests."""
+"""Directory trees for the tests: what one shows (to compare two), and deep ones."""
 
 from __future__ import annotations
 
@@ -39,3 +39,26 @@ def tree_state(root: Path, *, times: bool = True) -> dict[str, tuple[object, ...
             path = os.path.join(dirpath, name)
             out[os.path.relpath(path, root)] = _entry(path, times)
     return out
+
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def make_chain(top: Path, depth: int, *, name: str = "d", leaf: bytes = b"") -> None:
+    """top/d/d/.../d (depth levels) with a file ``leaf`` at the bottom, made by dir
+    fds: no path longer than a name, so it can exceed PATH_MAX."""
+    top.mkdir()
+    fd = os.open(top, _DIR)
+    try:
+        for _ in range(depth):
+            os.mkdir(name, dir_fd=fd)
+            nfd = os.open(name, _DIR, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        wfd = os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        try:
+            os.write(wfd, leaf)
+        finally:
+            os.close(wfd)
+    finally:
+        os.close(fd)
