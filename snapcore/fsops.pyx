@@ -26,7 +26,10 @@ Apply, one entry at a time (the order containerd's ``createTarFile`` uses):
   not followed, so ``lib/x`` under a lower ``lib -> usr/lib`` makes a real
   ``lib/``), or 0755 when none has it (containerd's ``WithParents``).
 * The last component is never followed: an existing entry is removed and
-  replaced unless both are directories, which merge.
+  replaced unless both are directories, which merge. Removal is rmtree's
+  ``remove_at`` (``rmtree.pxd``): iterative at any depth, and never into
+  another mount; a mount at or below what the entry replaces (a volume
+  bind-mounted into the upper) stays, and the entry fails with EBUSY.
 * ``.wh.NAME`` becomes a character device 0/0 ``NAME``; ``.wh..wh..opq``
   sets ``trusted.overlay.opaque=y`` on its directory; whiteouts of the
   directory itself or its parent are refused. A directory made over a
@@ -63,6 +66,7 @@ from posix.unistd cimport ftruncate, pwrite
 
 from .includes cimport fileops as c
 from .includes cimport dirwalk, linux
+from .rmtree cimport remove_at
 
 
 class TarError(ValueError):
@@ -83,7 +87,6 @@ cdef enum:
     MAX_EXT = 1 << 20         # PAX and GNU long-name data, as Go's archive/tar
     NCACHE = 64               # parent directory fds kept open (a power of two)
     MAX_HOPS = 40             # symlinks followed while making parents (as the kernel)
-    MAX_RM_DEPTH = 4096       # directories nested in one that an entry replaces
     GETDENTS_BUF = 32768
 
 cdef enum:
@@ -295,74 +298,6 @@ cdef int clean_path(const char *s, size_t n, Buf *out) noexcept nogil:
             out.len += j - i
         i = j
     out.p[out.len] = 0
-    return 0
-
-
-# ---- removing what an entry replaces ---------------------------------------
-
-cdef int rm_tree(int dfd, const char *name, int depth) noexcept nogil:
-    """Remove name (any type) under dfd, recursively; 0 or errno."""
-    cdef int fd, err, rc
-    cdef char *buf
-    cdef ssize_t n, off
-    cdef linux.snap_dirent64 *d
-    cdef bint again
-    if c.unlinkat(dfd, name, 0) == 0:
-        return 0
-    err = errno.errno
-    if err == errno.ENOENT:
-        return 0
-    if err != errno.EISDIR and err != errno.EPERM:
-        return err
-    if c.unlinkat(dfd, name, c.AT_REMOVEDIR) == 0:
-        return 0
-    err = errno.errno
-    if err != errno.ENOTEMPTY and err != errno.EEXIST:
-        return err
-    if depth >= MAX_RM_DEPTH:
-        return errno.ELOOP
-    err = dirwalk.open_dir_at(dfd, name, &fd)
-    if err:
-        return err
-    buf = <char *>malloc(GETDENTS_BUF)
-    if buf == NULL:
-        c.close(fd)
-        return errno.ENOMEM
-    err = 0
-    again = True
-    while again and err == 0:
-        again = False
-        while err == 0:
-            n = dirwalk.read_dents(fd, buf, GETDENTS_BUF)
-            if n < 0:
-                err = <int>-n
-                break
-            if n == 0:
-                break
-            off = 0
-            while off < n and err == 0:
-                d = <linux.snap_dirent64 *>(buf + off)
-                off += d.d_reclen
-                if dirwalk.is_dot(d.d_name):
-                    continue
-                err = rm_tree(fd, d.d_name, depth + 1)
-                again = True
-        if again and err == 0:
-            # deleting while reading may skip entries on some file systems: read again
-            if c.unlinkat(dfd, name, c.AT_REMOVEDIR) == 0:
-                break
-            if errno.errno != errno.ENOTEMPTY:
-                err = errno.errno
-                break
-            rc = <int>c.lseek(fd, 0, 0)
-            if rc != 0:
-                err = errno.errno
-    free(buf)
-    c.close(fd)
-    if err:
-        return err
-    if c.unlinkat(dfd, name, c.AT_REMOVEDIR) and errno.errno != errno.ENOENT:
-        return errno.errno
     return 0
 
 
@@ -1352,7 +1287,10 @@ cdef class Applier:
             return 1
         if c.S_ISDIR(st.st_mode) or c.S_ISLNK(st.st_mode):
             self._flush_cache(self.pfd)
-        err = rm_tree(self.pfd, self.base, 0)
+        err = remove_at(self.pfd, self.base)
+        if err == errno.EBUSY:
+            return self._os(err, "removing what the entry replaces: a mount lies at or below "
+                            "it, left in place with the directories above it")
         if err:
             return self._os(err, "removing what the entry replaces")
         return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -18,7 +19,7 @@ import pytest
 import zstandard
 from isal import isal_zlib
 from layertar import MTIME, dir_, file, link, node, opaque, symlink, tar, whiteout
-from trees import tree_state
+from trees import make_chain, tree_state
 
 import pysnap
 from pysnap.cli import main
@@ -607,3 +608,103 @@ def test_owners_under_setgid_directories(sn) -> None:
     }
     assert gids == {"sg/root": 0, "sg/seven": 7, "m/a": 0, "m/b": 0, "m/c": 9, "plain": 0}
     assert os.lstat(u / "m").st_mode & 0o2000
+
+
+# ---- what an entry replaces -----------------------------------------------
+
+
+def _tree(top: Path) -> None:
+    """top/ with a file, a hard link, a symlink, a read-only subdirectory, a fifo."""
+    (top / "sub" / "ro").mkdir(parents=True)
+    (top / "f").write_bytes(b"f")
+    os.link(top / "f", top / "sub" / "f.hard")
+    os.symlink("/etc", top / "sub" / "etc")
+    (top / "sub" / "ro" / "g").write_bytes(b"g")
+    os.mkfifo(top / "sub" / "fifo")
+    (top / "sub" / "ro").chmod(0o555)
+
+
+@pytest.mark.parametrize(
+    "before, entry, check",
+    [
+        ("dir", file("x", b"new"), lambda p: p.read_bytes() == b"new"),
+        ("dir", symlink("/etc", "x"), lambda p: os.readlink(p) == "/etc"),
+        ("dir", whiteout("x"), lambda p: os.lstat(p).st_rdev == 0 and p.is_char_device()),
+        ("file", dir_("x"), lambda p: p.is_dir() and not p.is_symlink() and not any(p.iterdir())),
+        ("symlink", file("x", b"new"), lambda p: p.read_bytes() == b"new"),
+        ("symlink", dir_("x"), lambda p: p.is_dir() and not p.is_symlink()),
+        ("hardlink", file("x", b"new"), lambda p: p.read_bytes() == b"new"),
+        ("hardlink", link("y", "x"), lambda p: p.read_bytes() == b"y"),
+    ],
+)
+def test_an_entry_replaces_what_is_there(sn, before: str, entry, check) -> None:
+    """Anything but a directory over a directory: the old entry goes, of any type;
+    a symlink is removed, never followed, and a hard link's other name stays."""
+    sn.prepare("k")
+    u = upper(sn, "k")
+    (u / "y").write_bytes(b"y")
+    if before == "dir":
+        (u / "x").mkdir()
+        _tree(u / "x")
+    elif before == "file":
+        (u / "x").write_bytes(b"old")
+    elif before == "symlink":
+        (u / "target").mkdir()
+        (u / "target" / "keep").write_bytes(b"keep")
+        os.symlink("target", u / "x")
+    else:
+        os.link(u / "y", u / "x")
+    sn.apply("k", io.BytesIO(tar(entry)))
+    assert check(u / "x")
+    assert (u / "y").read_bytes() == b"y"
+    if before == "symlink":
+        assert os.listdir(u / "target") == ["keep"]
+
+
+def test_a_directory_deeper_than_any_recursion_is_replaced(sn) -> None:
+    """An iterative removal: 10,000 levels (the old recursive one stopped at 4096)."""
+    sn.prepare("k")
+    u = upper(sn, "k")
+    make_chain(u / "deep", 10_000)
+    make_chain(u / "gone", 10_000)
+    sn.apply("k", io.BytesIO(tar(file("deep", b"flat"), whiteout("gone"))))
+    assert (u / "deep").read_bytes() == b"flat"
+    assert (u / "gone").is_char_device()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("at", ["d/sub/vol", "d"])
+@pytest.mark.parametrize(
+    "entry",
+    [file("d", b"x"), whiteout("d"), symlink("/", "d")],
+    ids=["file", "whiteout", "symlink"],
+)
+def test_a_mount_inside_what_an_entry_replaces_is_left_alone(
+    sn, tmp_path: Path, mounted, at: str, entry
+) -> None:
+    """A volume bind-mounted into the upper, below a directory the layer replaces:
+    nothing of the mount is removed (it is outside the snapshotter's root), and the
+    entry fails with EBUSY, as the kernel's rmdir of a mount point does."""
+    from snapcore import mount as sysmount
+
+    sn.prepare("k")
+    u = upper(sn, "k")
+    (u / "d" / "sub" / "vol").mkdir(parents=True)
+    (u / "d" / "sub" / "other").write_bytes(b"goes")
+    src = tmp_path / "volume"
+    (src / "deep" / "er").mkdir(parents=True)
+    (src / "a").write_bytes(b"keep")
+    (src / "deep" / "er" / "b").write_bytes(b"keep too")
+    os.symlink("a", src / "deep" / "link")
+    mounted("", str(src), u / at, sysmount.MS_BIND)
+    volume = tree_state(src)
+
+    with pytest.raises(OSError) as e:
+        sn.apply("k", io.BytesIO(tar(file("before"), entry)))
+    assert (e.value.errno, e.value.filename) == (errno.EBUSY, entry[0].name)
+    assert "a mount lies at or below it" in "".join(e.value.__notes__)
+    assert tree_state(src) == volume
+    assert tree_state(u / at) == volume
+    if at != "d":  # what is not the mount or above it went
+        assert os.listdir(u / "d") == ["sub"]
+        assert os.listdir(u / "d" / "sub") == ["vol"]
