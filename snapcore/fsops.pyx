@@ -17,7 +17,9 @@ Apply, one entry at a time (the order containerd's ``createTarFile`` uses):
   that resolves to the root is skipped. The parent directory is opened with
   ``openat2(root, parent, RESOLVE_IN_ROOT)``: ``..``, absolute names and
   symlinks of this layer resolve as if the upper were ``/``, and nothing can
-  be reached outside it. Parent fds are kept in a small cache, flushed when
+  be reached outside it; with ``RESOLVE_NO_XDEV`` nor inside another mount
+  (a volume bind-mounted into the upper: EXDEV, as for a merge with a
+  directory that is a mount's root). Parent fds are kept in a small cache, flushed when
   an entry replaces a directory or a symlink (the only changes that move
   where a cached path resolves).
 * A parent the tar does not contain is made with the mode, owner and times
@@ -104,7 +106,9 @@ cdef enum:
     E_TAR = 2
 
 cdef int DIR_FLAGS = c.O_RDONLY | c.O_DIRECTORY | c.O_CLOEXEC
-cdef uint64_t IN_ROOT = c.RESOLVE_IN_ROOT | c.RESOLVE_NO_MAGICLINKS
+# NO_XDEV: a mount inside the upper (a volume bind-mounted there) is never
+# written into; an entry below one fails with EXDEV
+cdef uint64_t IN_ROOT = c.RESOLVE_IN_ROOT | c.RESOLVE_NO_MAGICLINKS | c.RESOLVE_NO_XDEV
 cdef int NOFOLLOW = c.AT_SYMLINK_NOFOLLOW
 cdef int64_t MAX_ID = 4294967294   # uid/gid (-1 means "unchanged" to chown)
 
@@ -526,6 +530,8 @@ cdef class Applier:
         e = OSError(self.eerrno, strerror(self.eerrno).decode(), entry)
         e.add_note(f"while {self.eop.p[:self.eop.len].decode()} (layer entry at offset "
                    f"{self.hdr_offset})")
+        if self.eerrno == errno.EXDEV:  # RESOLVE_NO_XDEV, or a merge with a mount's root
+            e.add_note("a mount lies on the entry's way: nothing is written into another mount")
         raise e
 
     cdef int _warn(self, const char *key, const char *reason) noexcept nogil:
@@ -1284,6 +1290,9 @@ cdef class Applier:
                 return 0
             return self._os(errno.errno, "replacing an existing entry")
         if keep_dir and c.S_ISDIR(st.st_mode):
+            err = self._mount_root_at(self.base, st.st_dev)
+            if err:
+                return self._os(err, "merging with an existing directory")
             return 1
         if c.S_ISDIR(st.st_mode) or c.S_ISLNK(st.st_mode):
             self._flush_cache(self.pfd)
@@ -1294,6 +1303,19 @@ cdef class Applier:
         if err:
             return self._os(err, "removing what the entry replaces")
         return 0
+
+    cdef int _mount_root_at(self, const char *name, dev_t dev) noexcept nogil:
+        """EXDEV if name (a directory in the parent, of device dev) is a mount's root, else 0
+        (or an errno); a bind mount of the same file system has the parent's device."""
+        cdef linux.statx stx
+        cdef c.stat pst
+        if linux.snap_lstatx(self.pfd, name, &stx) < 0:
+            return errno.errno
+        if stx.stx_attributes & linux.STATX_ATTR_MOUNT_ROOT:
+            return errno.EXDEV
+        if c.fstat(self.pfd, &pst) < 0:  # before Linux 5.8, no attribute: the device tells
+            return errno.errno
+        return errno.EXDEV if pst.st_dev != dev else 0
 
     cdef bint _is_whiteout_at(self, const char *name) noexcept nogil:
         cdef c.stat st

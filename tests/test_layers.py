@@ -677,6 +677,38 @@ def test_a_directory_deeper_than_any_recursion_is_replaced(sn) -> None:
 
 
 @pytest.mark.root
+@pytest.mark.parametrize(
+    "entry",
+    [file("d/x", b"x"), dir_("d", mode=0o700), opaque("d"), link("d/a", "l"), dir_("d/new")],
+    ids=["file-in-it", "merge", "opaque", "hardlink-to-it", "dir-in-it"],
+)
+def test_nothing_is_written_into_a_mount_inside_the_upper(
+    sn, tmp_path: Path, mounted, entry
+) -> None:
+    """A volume bind-mounted at a directory of the upper: entries in it, on it or linking
+    to it fail with EXDEV (openat2's RESOLVE_NO_XDEV), and the volume is unchanged."""
+    from snapcore import mount as sysmount
+
+    sn.prepare("k")
+    u = upper(sn, "k")
+    (u / "d").mkdir()
+    src = tmp_path / "volume"
+    (src / "sub").mkdir(parents=True)
+    (src / "a").write_bytes(b"keep")
+    mounted("", str(src), u / "d", sysmount.MS_BIND)
+    volume = tree_state(src)  # the root's mode and owner too, not its mtime
+    mtime = os.stat(src).st_mtime_ns
+
+    with pytest.raises(OSError) as e:
+        sn.apply("k", io.BytesIO(tar(file("before"), entry)))
+    assert (e.value.errno, e.value.filename.rstrip("/")) == (errno.EXDEV, entry[0].name)
+    assert "nothing is written into another mount" in "".join(e.value.__notes__)
+    assert tree_state(src) == volume
+    assert os.stat(src).st_mtime_ns == mtime
+    assert "trusted.overlay.opaque" not in os.listxattr(src)
+
+
+@pytest.mark.root
 @pytest.mark.parametrize("at", ["d/sub/vol", "d"])
 @pytest.mark.parametrize(
     "entry",
