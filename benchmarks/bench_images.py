@@ -41,7 +41,7 @@ from typing import Any
 
 import pytest
 from conftest import record
-from timing import median
+from timing import cpu_of, median
 
 import pysnap
 from pysnap.fsutil import remove_tree
@@ -190,13 +190,6 @@ def _cpu(who: int = resource.RUSAGE_SELF) -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _cpu_of(pid: int) -> float:
-    """CPU seconds of a running process ``pid`` and of its waited-for children."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return sum(int(t) for t in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
 def _cpu_info(benchmark: Any, cpu: list[float]) -> None:
     benchmark.extra_info["cpu_s per round"] = [round(c, 2) for c in cpu]
 
@@ -289,7 +282,7 @@ def _containerd(
                 ["ctr", "--address", address, *args], check=True, capture_output=True, text=True
             )
 
-        yield ctr, lambda: _cpu_of(daemon.pid) + _cpu(resource.RUSAGE_CHILDREN)
+        yield ctr, lambda: cpu_of(daemon.pid) + _cpu(resource.RUSAGE_CHILDREN)
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(30)

@@ -63,6 +63,10 @@ class Driver:
             raise RuntimeError(f"containerd driver, {args[0]}: {out['error']}")
         return out
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def seconds(self, *args: object) -> float:
         """The Go-side time of one command, in seconds."""
         return float(self.call(*args)["ns"]) / 1e9
