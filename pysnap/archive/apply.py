@@ -224,6 +224,7 @@ class _Digests:
         return digest, self._size, diff_id
 
     def abort(self) -> None:
+        """Stop the hashing thread (after finish(), it has already ended)."""
         self._hashing.abort()
 
 
