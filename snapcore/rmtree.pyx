@@ -451,12 +451,13 @@ cdef int _init(Rm *rm, int root_fd, const linux.stat *st) noexcept nogil:
     rm.fd = -1
     rm.buf = <char *>malloc(BUFSZ)
     rm.frames = <Frame *>malloc(rm.fcap * sizeof(Frame))
+    if rm.frames != NULL:  # before any return: _free reads every frame
+        for j in range(rm.fcap):
+            rm.frames[j].name = NULL
+            rm.frames[j].kids.p = NULL
+            rm.frames[j].kids.cap = 0
     if rm.buf == NULL or rm.frames == NULL:
         return errno.ENOMEM
-    for j in range(rm.fcap):
-        rm.frames[j].name = NULL
-        rm.frames[j].kids.p = NULL
-        rm.frames[j].kids.cap = 0
     rm.frames[0].dev = st.st_dev
     rm.frames[0].ino = st.st_ino
     rm.frames[0].kids.len = 0
