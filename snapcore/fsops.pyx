@@ -19,9 +19,9 @@ Apply, one entry at a time (the order containerd's ``createTarFile`` uses):
   symlinks of this layer resolve as if the upper were ``/``, and nothing can
   be reached outside it; with ``RESOLVE_NO_XDEV`` nor inside another mount
   (a volume bind-mounted into the upper: EXDEV, as for a merge with a
-  directory that is a mount's root). Parent fds are kept in a small cache, flushed when
-  an entry replaces a directory or a symlink (the only changes that move
-  where a cached path resolves).
+  directory that is a mount's root). Parent fds are kept in a small cache,
+  flushed when an entry replaces a directory or a symlink (the only changes
+  that move where a cached path resolves).
 * A parent the tar does not contain is made with the mode, owner and times
   of the same directory in the nearest lower layer that has it (looked up
   with ``RESOLVE_NO_SYMLINKS``: a symlink that exists only in a lower layer is
