@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
 import io
 import json
 import os
@@ -19,9 +20,12 @@ from pysnap import blobstore
 from pysnap.cli import main
 from pysnap.errors import InvalidArgumentError, NotFoundError
 from pysnap.images import unpack
+from pysnap.images.admission import Admission
 from pysnap.images.oci import chain_ids
 from tests.image_util import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Layout, sha, tree
 
+# The module (pysnap.images.unpack is the function).
+unpack_module = importlib.import_module("pysnap.images.unpack")
 # Parents no lower has get default metadata and the time of their making: not compared.
 _FRESH = {"link", "new", "new/sub", "opt/x", "plain", "usr/lib"}
 
@@ -186,9 +190,13 @@ def _big_layer(lay: Layout, size: int) -> dict[str, object]:
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core: layers apply in turn")
 @pytest.mark.parametrize("bad", [0, 1], ids=["below", "above"])
-def test_failed_layer_stops_the_others_at_once(tmp_path: Path, bad: int) -> None:
+def test_failed_layer_stops_the_others_at_once(
+    tmp_path: Path, bad: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A layer that fails at its first bytes stops a 256 MiB layer's apply, below or above it:
     its blob is never kept, nothing is committed, no extract key is left."""
+    # Both layers run at once: the second is admitted 10 ms in, as if cores were idle.
+    monkeypatch.setattr(unpack_module, "Admission", lambda cores: Admission(64, window=0.01))
     lay = Layout(tmp_path / "oci")
     big = _big_layer(lay, 256 << 20)
     junk = bytes(range(256)) * 4  # not a tar header

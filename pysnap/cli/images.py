@@ -33,7 +33,7 @@ def register(add: AddCommand) -> None:
     u.add_argument(
         "--sequential",
         action="store_true",
-        help="apply the layers one after the other (default: at once, one thread per core)",
+        help="apply the layers one after the other (default: at once while half a core is idle)",
     )
     u.set_defaults(func=cmd_unpack)
 

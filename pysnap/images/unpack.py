@@ -13,7 +13,8 @@ first one's snapshot.
 
 The parallel unpack (the default) applies the layers to apply at once, each
 into its own parentless extract key (a thread pool sized to the cores, the
-largest layers first: the apply loop releases the GIL), and commits them in
+largest layers first: the apply loop releases the GIL; a layer starts only
+while half a core is idle, admission.py), and commits them in
 chain order with ``commit(parent=)`` (containerd 2.2's rebase), which gives
 the directories an apply made implicitly the metadata of their first lower:
 the tree is the sequential unpack's. A failure in one layer stops all the
@@ -49,6 +50,7 @@ from ..errors import (
 )
 from ..storage import REF_LABEL
 from ..types import Info, Kind
+from .admission import Admission
 from .layout import ImageSource, LayerBlob
 from .oci import chain_ids
 
@@ -111,7 +113,8 @@ def unpack(
     ``docker save`` archive. ``platform``: ``os/arch[/variant]``, default
     this machine's. Every blob is verified by size and digest as it
     streams, every layer by its diff ID. ``parallel``: apply the layers at
-    once, one thread per core (the same tree as one after the other).
+    once, one thread per core, another only while half a core is idle (the same
+    tree as one after the other).
 
     Raises:
         NotFoundError: no such source, image, platform or blob (a
@@ -232,12 +235,22 @@ def _apply_parallel(
     try:
         for i in todo:
             _prepare(sn, keys[i], labels[i])
+        admission = Admission(_cores())
         with ThreadPoolExecutor(max_workers=min(len(todo), _cores())) as pool:
             # The largest first, so that the last layer running alone is a small one.
             order = sorted(todo, key=lambda i: -blobs[i].desc.size)
             futures: dict[int, Future[_Extracted]] = {
                 i: pool.submit(
-                    stop.run, _extract, sn, src, i, blobs[i], diff_ids[i], keys[i], labels[i], stop
+                    _admitted,
+                    admission,
+                    stop,
+                    sn,
+                    src,
+                    i,
+                    blobs[i],
+                    diff_ids[i],
+                    keys[i],
+                    labels[i],
                 )
                 for i in order
             }
@@ -261,6 +274,15 @@ def _apply_parallel(
     if failure is not None:
         raise failure  # out of the except block: no stopped layer as its context
     return done
+
+
+def _admitted(admission: Admission, stop: _Stop, *args: Any) -> _Extracted:
+    """_extract(*args, stop), once the admission lets this layer start."""
+    admission.enter(stop.halted)
+    try:
+        return cast(_Extracted, stop.run(_extract, *args, stop))
+    finally:
+        admission.leave()
 
 
 def _cores() -> int:
@@ -297,6 +319,9 @@ class _Stop:
         with self._lock:
             if self.error is None:
                 self.error = e
+
+    def halted(self) -> bool:
+        return self._halted
 
     def check(self) -> None:
         if self._halted:

@@ -1,0 +1,70 @@
+"""The parallel unpack's admission: one layer at once, the next while half a core is idle."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from pysnap.images.admission import Admission
+
+
+def _second_admitted_while(first: threading.Event, admission: Admission) -> bool:
+    """Enter a second layer while the first holds its place; whether it got in before it left."""
+    got_in: list[bool] = []
+
+    def second() -> None:
+        admission.enter(lambda: False)
+        got_in.append(not first.is_set())
+        admission.leave()
+
+    t = threading.Thread(target=second)
+    t.start()
+    t.join(timeout=2.0)
+    first.set()  # the first layer leaves (if the second still waits, it gets in now)
+    t.join()
+    return got_in == [True]
+
+
+def _hold(admission: Admission, done: threading.Event, work: str) -> threading.Thread:
+    entered = threading.Event()
+
+    def first() -> None:
+        admission.enter(lambda: False)
+        entered.set()
+        while not done.is_set():
+            if work == "sleep":  # waiting, as an apply on a device
+                done.wait(0.01)
+            else:  # the CPU busy: pure Python, holding the GIL
+                sum(range(10_000))
+        admission.leave()
+
+    t = threading.Thread(target=first)
+    t.start()
+    entered.wait()
+    return t
+
+
+def test_a_busy_layer_holds_the_next_back() -> None:
+    admission = Admission(1, window=0.05)
+    done = threading.Event()
+    t = _hold(admission, done, "spin")
+    assert not _second_admitted_while(done, admission)
+    t.join()
+
+
+def test_a_waiting_layer_lets_the_next_in() -> None:
+    admission = Admission(2, window=0.05)
+    done = threading.Event()
+    t = _hold(admission, done, "sleep")
+    assert _second_admitted_while(done, admission)
+    t.join()
+
+
+def test_a_stopped_unpack_admits_at_once() -> None:
+    admission = Admission(1, window=60)
+    admission.enter(lambda: False)
+    start = time.monotonic()
+    admission.enter(lambda: True)  # the unpack failed: the layer starts, to stop at its read
+    assert time.monotonic() - start < 30
+    admission.leave()
+    admission.leave()
