@@ -19,7 +19,8 @@ applier (``benchmarks/containerd_overlay``, built from Debian's containerd
 sources; skipped without them), Python's tarfile (usr-share on tmpfs,
 uncompressed only: it takes about 20 s), and decompression alone (pysnap's
 reader, no hashing, no apply). The diff group writes the usr-share tree and a
-24-change snapshot over it, against ``tar -c`` of the same directory.
+24-change snapshot over it, against ``tar -c`` of the same directory, and once
+more with ``tar -c`` and pysnap alternated round by round (at least 5 rounds).
 ``test_syscalls_per_entry`` counts syscalls with ``strace -f -c`` and
 ``test_peak_memory`` the RSS growth of a fresh process applying the gzip
 layer. Big layers take one round each (PYSNAP_BENCH_ROUNDS for more); every
@@ -37,9 +38,11 @@ import os
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -355,6 +358,41 @@ def test_diff(benchmark: Any, usr_share_snapshots: dict[str, Path], tree: str, i
         out.unlink(missing_ok=True)
     benchmark.extra_info["cpu_s_per_round"] = cpu[0] / rounds
     _record(benchmark.group, impl, median(benchmark), cpu[0] / rounds)
+
+
+def test_diff_alternated_with_tar(benchmark: Any, usr_share_snapshots: dict[str, Path]) -> None:
+    """``tar -c``, each round followed by a round of pysnap's diff: on a shared machine
+    whose speed drifts between groups, the ratio of rounds run side by side."""
+    group = "diff usr-share on tmpfs"
+    benchmark.group = group
+    upper = usr_share_snapshots["usr-share"]
+    out = FILESYSTEMS["tmpfs"] / f"pysnap-bench-diff-{os.getpid()}.tar"
+    ours: list[float] = []
+
+    def pysnap_round() -> None:
+        start = time.perf_counter()
+        DIFF["pysnap"](upper, out)
+        ours.append(time.perf_counter() - start)
+
+    rounds = 0
+
+    def setup() -> None:
+        nonlocal rounds
+        if rounds:  # after tar's round, pysnap's
+            pysnap_round()
+        rounds += 1
+
+    try:
+        benchmark.pedantic(
+            DIFF["tar -c"], args=(upper, out), setup=setup, rounds=max(BIG_ROUNDS, 5)
+        )
+        pysnap_round()
+    finally:
+        out.unlink(missing_ok=True)
+    if benchmark.stats:
+        benchmark.extra_info["pysnap_alternated_s"] = ours
+        _record(group, "pysnap, alternated", statistics.median(ours))
+        _record(group, "tar -c, alternated", median(benchmark))
 
 
 # ---- syscalls and memory ----------------------------------------------------------

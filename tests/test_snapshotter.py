@@ -401,6 +401,35 @@ def test_diff_to_a_writer_that_keeps_its_pieces(tmp_path: Path) -> None:
     assert layer.digest == "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_diff_to_a_writer_that_fails(tmp_path: Path, compression: str | None) -> None:
+    """A write that fails (a full disk) ends the diff with its error; the walk and the hash
+    stop, and the snapshot diffs again afterwards."""
+
+    class Full(io.RawIOBase):
+        def __init__(self) -> None:
+            self.taken = 0
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, piece: Buffer) -> int:
+            if self.taken >= 2 << 20:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.taken += len(memoryview(piece))
+            return len(memoryview(piece))
+
+    with OverlaySnapshotter(tmp_path / "root", sync=False, upperdir_label=True) as sn:
+        sn.prepare("k")
+        upper = Path(sn.stat("k").labels[UPPERDIR_LABEL])
+        for i in range(12):
+            (upper / f"f{i:02}").write_bytes(os.urandom(1 << 20))
+        with pytest.raises(OSError) as e:
+            sn.diff("k", Full(), compression=compression)
+        assert e.value.errno == errno.ENOSPC
+        assert sn.diff("k", io.BytesIO(), compression=compression).entries == 12
+
+
 def test_root_with_separator_refused(tmp_path: Path) -> None:
     for bad in ("a,b", "a:b"):
         with pytest.raises(InvalidArgumentError):
