@@ -21,6 +21,9 @@ uncompressed only: it takes about 20 s), and decompression alone (pysnap's
 reader, no hashing, no apply). The diff group writes the usr-share tree and a
 24-change snapshot over it, against ``tar -c`` of the same directory, and once
 more with ``tar -c`` and pysnap alternated round by round (at least 5 rounds).
+Each round writes a new file: the previous round's output is removed before
+the clock starts (replacing a 1.1 GB file on tmpfs frees its pages in the
+timed call: in tar's truncation, in pysnap's rename at the end).
 ``test_syscalls_per_entry`` counts syscalls with ``strace -f -c`` and
 ``test_peak_memory`` the RSS growth of a fresh process applying the gzip
 layer. Big layers take one round each (PYSNAP_BENCH_ROUNDS for more); every
@@ -353,7 +356,12 @@ def test_diff(benchmark: Any, usr_share_snapshots: dict[str, Path], tree: str, i
     rounds = BIG_ROUNDS if tree == "usr-share" else 30
     try:
         with _cpu_time() as cpu:
-            benchmark.pedantic(DIFF[impl], args=(usr_share_snapshots[tree], out), rounds=rounds)
+            benchmark.pedantic(
+                DIFF[impl],
+                args=(usr_share_snapshots[tree], out),
+                setup=lambda: out.unlink(missing_ok=True),
+                rounds=rounds,
+            )
     finally:
         out.unlink(missing_ok=True)
     benchmark.extra_info["cpu_s_per_round"] = cpu[0] / rounds
@@ -370,6 +378,7 @@ def test_diff_alternated_with_tar(benchmark: Any, usr_share_snapshots: dict[str,
     ours: list[float] = []
 
     def pysnap_round() -> None:
+        out.unlink(missing_ok=True)
         start = time.perf_counter()
         DIFF["pysnap"](upper, out)
         ours.append(time.perf_counter() - start)
@@ -381,6 +390,7 @@ def test_diff_alternated_with_tar(benchmark: Any, usr_share_snapshots: dict[str,
         if rounds:  # after tar's round, pysnap's
             pysnap_round()
         rounds += 1
+        out.unlink(missing_ok=True)
 
     try:
         benchmark.pedantic(
