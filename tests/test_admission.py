@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 
@@ -27,15 +28,22 @@ def _second_admitted_while(first: threading.Event, admission: Admission) -> bool
 
 def _hold(admission: Admission, done: threading.Event, work: str) -> threading.Thread:
     entered = threading.Event()
+    data = bytes(1 << 20)
+
+    def spin() -> None:  # sha256 releases the GIL: a thread on each core
+        while not done.is_set():
+            hashlib.sha256(data)
 
     def first() -> None:
         admission.enter(lambda: False)
         entered.set()
-        while not done.is_set():
-            if work == "sleep":  # waiting, as an apply on a device
-                done.wait(0.01)
-            else:  # the CPU busy: pure Python, holding the GIL
-                sum(range(10_000))
+        if work == "sleep":  # waiting, as an apply on a device
+            done.wait()
+        else:  # the CPU busy in two threads, as an apply's stages (busy even on a shared host)
+            helper = threading.Thread(target=spin)
+            helper.start()
+            spin()
+            helper.join()
         admission.leave()
 
     t = threading.Thread(target=first)
