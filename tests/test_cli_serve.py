@@ -104,6 +104,35 @@ def test_serve_until_a_signal_then_exit_0(tmp_path: Path, sockdir: str, sig: int
     assert main(["--root", str(tmp_path / "root"), "info", "a", "--json"]) == 0  # it was stored
 
 
+def _blocked(pid: int, tid: int) -> int:
+    with open(f"/proc/{pid}/task/{tid}/status") as f:
+        return next(int(ln.split()[1], 16) for ln in f if ln.startswith("SigBlk:"))
+
+
+def test_only_the_main_thread_takes_the_stop_signals(tmp_path: Path, sockdir: str) -> None:
+    """Python runs handlers in the main thread: a SIGTERM the kernel gave another thread
+    would never wake it. Every other thread of a serving server blocks SIGTERM and SIGINT."""
+    address = f"{sockdir}/pysnap.sock"
+    proc = start_serve(tmp_path / "root", address, "--no-sync")
+    try:
+        with RemoteSnapshotter(address) as c:  # calls start the rpc pool's threads too
+            for i in range(8):
+                c.prepare(f"k{i}")
+        stop_bits = 1 << (signal.SIGTERM - 1) | 1 << (signal.SIGINT - 1)
+        others = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid]
+        assert others  # grpc's threads
+        assert _blocked(proc.pid, proc.pid) & stop_bits == 0
+        for tid in others:
+            try:
+                blocked = _blocked(proc.pid, tid)
+            except FileNotFoundError:  # the thread ended meanwhile
+                continue
+            assert blocked & stop_bits == stop_bits, tid
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+
+
 def test_a_second_server_is_refused_a_killed_ones_socket_is_replaced(
     tmp_path: Path, sockdir: str
 ) -> None:
