@@ -201,8 +201,8 @@ def serve(
     previous = {s: signal.signal(s, on_signal) for s in stop_signals}
     # Python runs handlers in the main thread only, when it wakes. A stop signal
     # the kernel gave to one of grpc's threads would leave the main thread asleep
-    # in stopping.wait() for good (a CI run once saw a server ignore SIGTERM, never
-    # reproduced in 150 tries here; this is the one cause found).
+    # in stopping.wait() for good: a server left hung by a CI run had taken its
+    # SIGTERM (none pending, the handler installed) and never logged "stopping".
     # So every thread started meanwhile (grpc's, and the ones they start)
     # inherits them blocked, and the main thread alone takes them.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
