@@ -235,8 +235,9 @@ def _apply_parallel(
     try:
         for i in todo:
             _prepare(sn, keys[i], labels[i])
-        admission = Admission(_cores())
-        with ThreadPoolExecutor(max_workers=min(len(todo), _cores())) as pool:
+        cores = _cores()
+        admission = Admission(cores)
+        with ThreadPoolExecutor(max_workers=min(len(todo), cores)) as pool:
             # The largest first, so that the last layer running alone is a small one.
             order = sorted(todo, key=lambda i: -blobs[i].desc.size)
             futures: dict[int, Future[_Extracted]] = {
