@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -120,6 +122,17 @@ def apply_to_snapshot(
     return result
 
 
+def _may_stall(f: BinaryIO) -> bool:
+    """Whether reads of ``f`` may wait for good: a pipe, a socket, a device (not a
+    regular file, nor bytes in memory)."""
+    if isinstance(f, io.BytesIO):
+        return False
+    try:
+        return not stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+    except (OSError, AttributeError, ValueError):  # io.UnsupportedOperation is both
+        return True
+
+
 def apply_stream(
     upper: str,
     lowers: list[str],
@@ -152,8 +165,7 @@ def apply_stream(
                     yield piece
 
             ended = False
-            own_file = isinstance(layer, str | os.PathLike)  # reads of it always end
-            with Producer(pieces(), join_timeout=None if own_file else 1.0) as stream:
+            with Producer(pieces(), stalls=_may_stall(f)) as stream:
                 for piece in stream:
                     if not ended:
                         ended = applier.feed(piece)

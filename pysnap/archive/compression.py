@@ -124,7 +124,7 @@ def _gunzip(raw: _Raw) -> Iterator[bytes]:
             member = True
         try:
             out = d.decompress(pending, CHUNK)
-        except (zlib.error, OSError) as e:  # isal raises IsalError, an OSError
+        except (zlib.error, _gzip_lib.error, OSError) as e:  # isal's IsalError is its own
             raise InvalidArgumentError(f"gzip layer: {e}") from None
         pending = d.unconsumed_tail
         if out:

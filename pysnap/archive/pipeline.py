@@ -72,11 +72,14 @@ class Producer:
     the thread (it is called on exit from a ``with`` block, error or not).
     """
 
-    def __init__(self, iterable: Iterable[Any], *, join_timeout: float | None = None) -> None:
-        # join_timeout: how long close() waits for a thread blocked in a read. A
-        # caller's pipe may never deliver again; the daemon thread is then left
-        # to finish when it does (it only reads and hashes).
-        self._join_timeout = join_timeout
+    def __init__(self, iterable: Iterable[Any], *, stalls: bool = False) -> None:
+        # stalls: the iterable reads a pipe or a device, which may deliver part
+        # of a layer and then nothing for good. Each piece is then handed on at
+        # once (a batch could wait forever for its last bytes), and close()
+        # waits a second for a thread blocked in a read; the daemon thread is
+        # then left to end when the read does (it only reads and hashes).
+        self._batch = 0 if stalls else BATCH
+        self._join_timeout = 1.0 if stalls else None
         self._q = _Queue(BUDGET)
         self._error: BaseException | None = None
         self._t = threading.Thread(target=self._run, args=(iterable,), daemon=True)
@@ -89,7 +92,7 @@ class Producer:
             for piece in iterable:
                 batch.append(piece)
                 size += len(piece)
-                if size >= BATCH:
+                if size >= self._batch:
                     if not self._q.put(batch, size):
                         return
                     batch, size = [], 0
