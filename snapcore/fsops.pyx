@@ -49,8 +49,11 @@ Apply, one entry at a time (the order containerd's ``createTarFile`` uses):
 
 Tar formats read: ustar (prefix), GNU (long names and link names, ``L`` and
 ``K``), PAX (``path``, ``linkpath``, ``size``, ``uid``, ``gid``, ``mtime`` and
-``atime`` with nanoseconds, ``SCHILY.xattr.*``), v7. Global PAX headers are
-ignored, as containerd does. GNU sparse files (the GNU format's ``S`` entries,
+``atime`` with nanoseconds, ``SCHILY.xattr.*``), v7, resolved as Go's
+archive/tar (so containerd) resolves them: a GNU long name or link name wins
+over PAX ``path``/``linkpath``, an empty PAX value keeps the header's field,
+and the atime set is the later of ``atime`` and ``mtime``. Global PAX headers
+are ignored, as containerd does. GNU sparse files (the GNU format's ``S`` entries,
 PAX 0.0, 0.1 and 1.0) are written with holes.
 """
 
@@ -61,7 +64,7 @@ from libc cimport errno
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memchr, memcmp, memcpy, memset, strerror, strlen, strrchr
+from libc.string cimport memchr, memcmp, memcpy, memset, strerror, strlen, strncmp, strrchr
 from posix.time cimport timespec
 from posix.types cimport dev_t, gid_t, mode_t, off_t, uid_t
 from posix.unistd cimport ftruncate, pwrite
@@ -157,6 +160,54 @@ cdef void buf_free(Buf *b) noexcept nogil:
     free(b.p)
     b.p = NULL
     b.len = b.cap = 0
+
+
+cdef ssize_t read_xattr(int fd, const char *name, Buf *out) noexcept nogil:
+    """The xattr list (name NULL) or value of fd into out; its size, or -1 with errno."""
+    cdef ssize_t n
+    while True:
+        n = c.flistxattr(fd, NULL, 0) if name == NULL else c.fgetxattr(fd, name, NULL, 0)
+        if n <= 0:
+            return n
+        out.len = 0
+        if buf_reserve(out, <size_t>n):
+            errno.errno = errno.ENOMEM
+            return -1
+        n = c.flistxattr(fd, out.p, <size_t>n) if name == NULL else \
+            c.fgetxattr(fd, name, out.p, <size_t>n)
+        if n >= 0 or errno.errno != errno.ERANGE:   # ERANGE: it grew meanwhile
+            return n
+
+
+cdef int copy_xattrs(int src, int dst) noexcept nogil:
+    """Give dst src's xattrs but ``trusted.*`` (containerd's copyUpXAttrs); -1 with errno."""
+    cdef Buf names
+    cdef Buf value
+    cdef ssize_t n, v
+    cdef size_t i = 0
+    cdef const char *name
+    cdef int err = 0
+    names.p = value.p = NULL
+    names.len = names.cap = value.len = value.cap = 0
+    n = read_xattr(src, NULL, &names)
+    if n < 0:
+        err = 0 if errno.errno == errno.EOPNOTSUPP else errno.errno
+    while err == 0 and n > 0 and i < <size_t>n:
+        name = names.p + i
+        i += strlen(name) + 1
+        if strncmp(name, b"trusted.", 8) == 0:
+            continue
+        v = read_xattr(src, name, &value)
+        if v < 0:
+            if errno.errno != errno.ENODATA:   # removed meanwhile: as containerd, skip it
+                err = errno.errno
+            continue
+        if c.fsetxattr(dst, name, value.p, <size_t>v, 0) < 0:
+            err = errno.errno
+    buf_free(&names)
+    buf_free(&value)
+    errno.errno = err
+    return -1 if err else 0
 
 
 # ---- tar header fields -----------------------------------------------------
@@ -369,6 +420,7 @@ cdef class Applier:
     cdef bint has_longname
     cdef Buf longlink
     cdef bint has_longlink
+    cdef bint has_atime          # a PAX atime record set times[0]
     # the current entry
     cdef Buf raw                 # name as in the archive (for messages)
     cdef Buf name                # cleaned
@@ -388,6 +440,11 @@ cdef class Applier:
     cdef uint64_t *smap
     cdef size_t snum, scap, sidx
     cdef uint64_t sleft, spos, realsize, smap_read
+    # the PAX 1.0 map text parsed so far: position, fragment count (-1: not yet
+    # read), numbers read, the pending offset (one pass over the text, not one
+    # per block: a 1 MiB map of empty fragments would be quadratic)
+    cdef size_t stext_pos, stext_got
+    cdef int64_t stext_count, stext_off
     cdef int sparse              # 0 no, 1 map known, 2 PAX 1.0 (map in the data)
     cdef Buf smaptext
     cdef Buf sname
@@ -714,11 +771,9 @@ cdef class Applier:
                 self.pad = 0
                 return self._data_done()
             return 0
-        # the name: GNU long name, PAX path, ustar prefix + name
-        if self.has_longname:
-            nl = field_len(self.longname.p, self.longname.len)
-            buf_set(&self.raw, self.longname.p, nl)
-        else:
+        # the name: ustar prefix + name; a PAX path, then a GNU long name, take its
+        # place (after the PAX records, below: Go's archive/tar, so containerd, reads so)
+        if not self.has_longname:
             nl = field_len(b, 100)
             pl = 0
             if ustar:
@@ -729,9 +784,7 @@ cdef class Applier:
                 buf_add(&self.raw, b, nl)
             else:
                 buf_set(&self.raw, b, nl)
-        if self.has_longlink:
-            buf_set(&self.link, self.longlink.p, field_len(self.longlink.p, self.longlink.len))
-        else:
+        if not self.has_longlink:
             buf_set(&self.link, b + 157, field_len(b + 157, 100))
         if parse_number(b + 100, 8, &v):
             return self._tar("invalid mode field")
@@ -759,11 +812,20 @@ cdef class Applier:
         self.snum = 0
         self.realsize = 0
         self.sname.len = 0
+        self.has_atime = False
         if self.has_pax and self._apply_pax() < 0:
             return -1
+        if self.has_longname:
+            buf_set(&self.raw, self.longname.p, field_len(self.longname.p, self.longname.len))
+        if self.has_longlink:
+            buf_set(&self.link, self.longlink.p, field_len(self.longlink.p, self.longlink.len))
         if self.sname.len:
             buf_set(&self.raw, self.sname.p, self.sname.len)
-        self.times[0] = self.times[1]
+        # atime: the later of PAX atime and mtime, as containerd (latestTime)
+        if not self.has_atime or self.times[0].tv_sec < self.times[1].tv_sec or (
+                self.times[0].tv_sec == self.times[1].tv_sec and
+                self.times[0].tv_nsec < self.times[1].tv_nsec):
+            self.times[0] = self.times[1]
         self.has_pax = self.has_longname = self.has_longlink = False
         if t == 0 or t == c'7':
             t = c'5' if self.raw.len and self.raw.p[self.raw.len - 1] == c'/' and t == 0 else c'0'
@@ -832,14 +894,13 @@ cdef class Applier:
         return self._entry()
 
     cdef int _sparse_map_text(self) noexcept nogil:
-        """Parse the PAX 1.0 map ("count\\n" then "offset\\nsize\\n" per fragment) once complete."""
-        cdef size_t i = 0, j, want = 0, got = 0
-        cdef int64_t v, count = -1, off = 0
+        """Parse the PAX 1.0 map ("count\\n" then "offset\\nsize\\n" per fragment) as it comes."""
+        cdef size_t j
+        cdef int64_t v
         cdef char *t = self.smaptext.p
         cdef size_t n = self.smaptext.len
-        self.snum = 0
         while True:
-            j = i
+            j = self.stext_pos
             while j < n and t[j] != c'\n':
                 j += 1
             if j >= n:
@@ -848,21 +909,21 @@ cdef class Applier:
                 if n > MAX_EXT:
                     return self._tar("sparse map larger than 1 MiB")
                 return 0                 # more blocks to read
-            if parse_decimal(t + i, j - i, &v):
+            if parse_decimal(t + self.stext_pos, j - self.stext_pos, &v):
                 return self._tar("invalid sparse map")
-            i = j + 1
-            if count < 0:
-                count = v
-                if count == 0:
+            self.stext_pos = j + 1
+            if self.stext_count < 0:
+                self.stext_count = v
+                if v == 0:
                     break
                 continue
-            got += 1
-            if got % 2:
-                off = v
+            self.stext_got += 1
+            if self.stext_got % 2:
+                self.stext_off = v
                 continue
-            if self._add_fragment(<uint64_t>off, <uint64_t>v) < 0:
+            if self._add_fragment(<uint64_t>self.stext_off, <uint64_t>v) < 0:
                 return -1
-            if <int64_t>self.snum == count:
+            if <int64_t>self.snum == self.stext_count:
                 break
         # the rest of this block is padding; data follows
         if self.smap_read % BLOCK:
@@ -916,11 +977,17 @@ cdef class Applier:
             vl = i + rl - 1 - (k + 1)
             s[k] = 0                     # the key becomes a C string
             s[i + rl - 1] = 0            # so does the value
+            if vl == 0 and not (kl > 13 and memcmp(key, b"SCHILY.xattr.", 13) == 0) and \
+                    not (kl > 11 and memcmp(key, b"GNU.sparse.", 11) == 0):
+                i += rl                  # an empty value keeps the header's field (Go's mergePAX)
+                continue
             if kl == 4 and memcmp(key, b"path", 4) == 0:
                 if memchr(val, 0, vl) != NULL:
                     return self._tar("PAX path with a NUL byte")
                 buf_set(&self.raw, val, vl)
             elif kl == 8 and memcmp(key, b"linkpath", 8) == 0:
+                if memchr(val, 0, vl) != NULL:
+                    return self._tar("PAX linkpath with a NUL byte")
                 buf_set(&self.link, val, vl)
             elif kl == 4 and memcmp(key, b"size", 4) == 0:
                 if parse_decimal(val, vl, &v):
@@ -937,6 +1004,10 @@ cdef class Applier:
             elif kl == 5 and memcmp(key, b"mtime", 5) == 0:
                 if parse_pax_time(val, vl, &self.times[1]):
                     return self._tar("invalid PAX mtime")
+            elif kl == 5 and memcmp(key, b"atime", 5) == 0:
+                if parse_pax_time(val, vl, &self.times[0]):
+                    return self._tar("invalid PAX atime")
+                self.has_atime = True
             elif kl > 13 and memcmp(key, b"SCHILY.xattr.", 13) == 0:
                 if self.nxattrs == self.xattr_cap:
                     self.xattr_cap = self.xattr_cap * 2 if self.xattr_cap else 8
@@ -1243,6 +1314,9 @@ cdef class Applier:
                     continue
                 break                    # a symlink or a file on the way: defaults
             found = c.fstat(fd, &st) == 0 and c.S_ISDIR(st.st_mode)
+            if found and self._copy_xattrs(fd, dfd, comp) < 0:
+                c.close(fd)
+                return -1
             c.close(fd)
             break
         if found:
@@ -1254,6 +1328,22 @@ cdef class Applier:
         if c.fchmodat(dfd, comp, 0o755, 0) < 0:
             return self._os(errno.errno, "chmod of a parent directory")
         return self._defer_times(path, self.times[0], self.times[1], False, True)
+
+    cdef int _copy_xattrs(self, int lower, int dfd, const char *comp) noexcept nogil:
+        """The lower directory's xattrs (O_PATH fd) onto the new one, comp in dfd."""
+        cdef int src = c.openat(lower, ".", DIR_FLAGS)
+        cdef int dst, err = 0
+        if src < 0:
+            return self._os(errno.errno, "reading a parent directory's xattrs")
+        dst = c.openat(dfd, comp, DIR_FLAGS | c.O_NOFOLLOW)
+        if dst < 0 or copy_xattrs(src, dst) < 0:
+            err = errno.errno            # before the closes below can change it
+        c.close(src)
+        if dst >= 0:
+            c.close(dst)
+        if err:
+            return self._os(err, "copying a parent directory's xattrs")
+        return 0
 
     cdef int _defer_times(self, const char *name, timespec atime, timespec mtime,
                           bint set_times, bint implied) noexcept nogil:
@@ -1364,6 +1454,8 @@ cdef class Applier:
                 self.state = ST_SPARSE_MAP
                 self.smap_read = 0
                 self.smaptext.len = 0
+                self.stext_pos = self.stext_got = 0
+                self.stext_count = -1
                 if data == 0:
                     return self._tar("truncated sparse map")
                 return 0
@@ -1525,9 +1617,10 @@ cdef class Applier:
             tfd = c.snap_openat2(self.root, self.scratch.p, DIR_FLAGS, IN_ROOT)
             if tfd < 0 and errno.errno == errno.ENOENT:
                 # a missing component in a symlink of the target's path: containerd's RootPath
-                if buf_set(&self.link, self.scratch.p, strlen(self.scratch.p)) or \
-                        self._root_path(self.link.p, &self.parent) < 0:
+                if buf_set(&self.link, self.scratch.p, strlen(self.scratch.p)):
                     return self._os(errno.ENOMEM, "resolving the hard link target")
+                if self._root_path(self.link.p, &self.parent) < 0:
+                    return -1            # its own error (ELOOP, ENAMETOOLONG, ...)
                 tfd = c.snap_openat2(self.root, self.parent.p, DIR_FLAGS, IN_ROOT)
             if tfd < 0:
                 if errno.errno == errno.ENOENT or errno.errno == errno.ENOTDIR:
@@ -1621,7 +1714,6 @@ cdef extern from "<stdlib.h>" nogil:
 
 cdef extern from "<string.h>" nogil:
     int strcmp(const char *a, const char *b)
-    int strncmp(const char *a, const char *b, size_t n)
 
 
 cdef int cmp_names(const void *a, const void *b) noexcept nogil:

@@ -5,11 +5,12 @@ metadata of the nearest lower layer that has it. An apply into a snapshot
 without a parent (a parallel unpack) has no lowers to ask, so it records
 those directories in ``<snapshot dir>/implied`` (NUL-separated paths from
 the upper, written by rename, inside the apply's interruption mark), and
-``commit(parent=)`` gives each the mode, owner and times of the first lower
-that has it, exactly as the apply would have with the lowers in place: the
-same lookup (a missing path: the next lower; a symlink, file or whiteout on
-the way: default metadata). Re-running it is harmless, so a commit killed
-half-way is simply committed again.
+``commit(parent=)`` gives each the mode, owner, times and xattrs (but
+``trusted.*``) of the first lower that has it, exactly as the apply would
+have with the lowers in place: the same lookup (a missing path: the next
+lower; a symlink, file or whiteout on the way: default metadata).
+Re-running it is harmless, so a commit killed half-way is simply committed
+again.
 """
 
 from __future__ import annotations
@@ -87,8 +88,8 @@ def _lstat_in(root: str, path: str) -> os.stat_result | None:
         os.close(fd)
 
 
-def _first_lower(lowers: list[str], path: str) -> os.stat_result | None:
-    """The metadata ``path`` takes: the first lower having it, if a directory there."""
+def _first_lower(lowers: list[str], path: str) -> tuple[str, os.stat_result] | None:
+    """The lower whose metadata ``path`` takes: the first having it, if a directory there."""
     for lower in lowers:
         try:
             st = _lstat_in(lower, path)
@@ -97,12 +98,45 @@ def _first_lower(lowers: list[str], path: str) -> os.stat_result | None:
                 return None  # a symlink or a file on the way: defaults
             raise
         if st is not None:
-            return st if stat.S_ISDIR(st.st_mode) else None
+            return (lower, st) if stat.S_ISDIR(st.st_mode) else None
     return None
 
 
+def _open_dir(root: str, path: str) -> int:
+    fd, name = _open_parent(root, path)
+    try:
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_xattrs(src_root: str, dst_root: str, path: str) -> None:
+    """``path``'s xattrs but ``trusted.*``, from one tree onto the other (containerd's
+    copyUpXAttrs)."""
+    src = _open_dir(src_root, path)
+    try:
+        names = [n for n in os.listxattr(src) if not n.startswith("trusted.")]
+        if not names:
+            return
+        dst = _open_dir(dst_root, path)
+        try:
+            for name in names:
+                try:
+                    value = os.getxattr(src, name)
+                except OSError as e:
+                    if e.errno == errno.ENODATA:  # removed meanwhile
+                        continue
+                    raise
+                os.setxattr(dst, name, value)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
 def give_lower_metadata(upper: str, lowers: list[str], paths: list[str]) -> None:
-    """Give each implied directory ``paths`` of ``upper`` its first lower's mode, owner, times."""
+    """Give each implied directory ``paths`` of ``upper`` its first lower's mode, owner,
+    times and xattrs (but ``trusted.*``)."""
     for path in paths:
         try:
             here = _lstat_in(upper, path)
@@ -112,9 +146,11 @@ def give_lower_metadata(upper: str, lowers: list[str], paths: list[str]) -> None
             raise
         if here is None or not stat.S_ISDIR(here.st_mode):
             continue
-        st = _first_lower(lowers, path)
-        if st is None:
+        found = _first_lower(lowers, path)
+        if found is None:
             continue  # no lower has it: the apply's defaults stand
+        lower, st = found
+        _copy_xattrs(lower, upper, path)
         fd, name = _open_parent(upper, path)
         try:
             os.chown(name, st.st_uid, st.st_gid, dir_fd=fd, follow_symlinks=False)
