@@ -300,10 +300,11 @@ def _write_dir(stage: str, dest: str, files: dict[str, bytes], blobs: dict[str, 
 def _write_tar(
     stage: str, dest: str, files: dict[str, bytes], blobs: dict[str, _Blob], mtime: int
 ) -> None:
-    """A ustar archive of the layout, written by hand so blobs stream through ``_copy``.
+    """A tar of the layout, written by hand so blobs stream through ``_copy``.
 
     Fixed headers (owner 0, mode 0644/0755, ``mtime``) and a fixed member
-    order make it byte-identical for unchanged inputs.
+    order make it byte-identical for unchanged inputs. Headers are ustar, and
+    PAX only where a name does not fit (a sha512 blob's 128-character name).
     """
     out = os.path.join(stage, "layout.tar")
 
@@ -312,7 +313,7 @@ def _write_tar(
         ti.size, ti.mtime, ti.uname, ti.gname = size, mtime, "", ""
         ti.type = tarfile.DIRTYPE if name.endswith("/") else tarfile.REGTYPE
         ti.mode = 0o755 if ti.type == tarfile.DIRTYPE else 0o644
-        f.write(ti.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict"))
+        f.write(ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict"))
 
     def pad(f: BinaryIO, size: int) -> None:
         f.write(bytes(-size % tarfile.BLOCKSIZE))
