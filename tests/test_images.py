@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -317,6 +318,34 @@ def test_concurrent_unpacks_share_a_base_threads(
     assert images[0].chain_ids[0] == images[1].chain_ids[0] == base  # type: ignore[union-attr]
     names = sorted(i.name for i in sn.walk())
     assert names == sorted({*images[0].chain_ids, *images[1].chain_ids})  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["sequential", "parallel"])
+def test_an_adopting_unpack_reuses_a_base_committed_meanwhile(
+    tmp_path: Path, parallel: bool
+) -> None:
+    """With adopt_layers, prepare refuses a key whose ref a committed layer has: reused."""
+    one, two, base = _two_images_sharing_a_base(tmp_path)
+    module = importlib.import_module("pysnap.images.unpack")
+    real = module._existing
+    raced: dict[str, Image | None] = {}
+
+    def existing(sn: pysnap.OverlaySnapshotter, chain: str, parent: str) -> object:
+        if "one" in raced:
+            return real(sn, chain, parent)
+        raced["one"] = None  # between this look-up and the prepare, another unpack commits
+        raced["one"] = unpack(sn, one, platform="linux/amd64")
+        return None
+
+    with (
+        pysnap.OverlaySnapshotter(tmp_path / "root", adopt_layers=True) as sn,
+        pytest.MonkeyPatch.context() as mp,
+    ):
+        mp.setattr(module, "_existing", existing)
+        image = unpack(sn, two, platform="linux/amd64", parallel=parallel)
+        other = raced["one"]
+        assert other is not None and image.chain_ids[0] == other.chain_ids[0] == base
+        assert sorted(i.name for i in sn.walk()) == sorted({*image.chain_ids, *other.chain_ids})
 
 
 def test_concurrent_unpacks_share_a_base_processes(

@@ -9,7 +9,8 @@ start time: pysnap.owner), and is committed under its chain ID. A failure
 removes the ``extract-*`` key; a killed unpack's keys are removed by the
 next unpack, which finds their owner gone. Two unpacks racing for one chain
 ID both apply it; the second commit meets AlreadyExistsError and takes the
-first one's snapshot.
+first one's snapshot (with ``adopt_layers``, the second's prepare may meet
+it first, and the layer is reused without an apply).
 
 The parallel unpack (the default) applies the layers to apply at once, each
 into its own parentless extract key (a thread pool sized to the cores, the
@@ -144,9 +145,13 @@ def unpack(
                 parent = chains[i - 1] if i else ""
                 key = _key(chains[i])
                 labels = _labels(resolved.layers[i], resolved.diff_ids[i], chains[i], parent)
-                _prepare(sn, key, labels, parent)
-                applied[i] = _extract_commit(
-                    sn, src, i, resolved.layers[i], resolved.diff_ids[i], chains[i], parent, key
+                found = _prepare(sn, key, labels, parent)
+                applied[i] = (
+                    _reused(resolved.layers[i], resolved.diff_ids[i], found)
+                    if found is not None
+                    else _extract_commit(
+                        sn, src, i, resolved.layers[i], resolved.diff_ids[i], chains[i], parent, key
+                    )
                 )
         layers = [
             applied[i] if info is None else _reused(blob, diff_id, info)
@@ -211,9 +216,24 @@ def _key(chain: str) -> str:
     return f"{EXTRACT_PREFIX}{time.time_ns()}-{secrets.token_hex(4)} {chain}"
 
 
-def _prepare(sn: OverlaySnapshotter, key: str, labels: dict[str, str], parent: str = "") -> None:
-    # The blob label is on the prepare: cleanup() keeps the blob from its rename on.
-    sn.prepare(key, parent, labels={**labels, OWNER_LABEL: str(owner.current())})
+def _prepare(
+    sn: OverlaySnapshotter, key: str, labels: dict[str, str], parent: str = ""
+) -> Info | None:
+    """Prepare the extract ``key``; None, or the layer a concurrent unpack committed.
+
+    With ``adopt_layers``, prepare refuses a key whose ref label a committed
+    snapshot on the same parent carries (AlreadyExistsError), and the layer is
+    then reused, as containerd's unpacker does.
+    """
+    try:
+        # The blob label is on the prepare: cleanup() keeps the blob from its rename on.
+        sn.prepare(key, parent, labels={**labels, OWNER_LABEL: str(owner.current())})
+    except AlreadyExistsError:
+        info = _existing(sn, labels[REF_LABEL], parent)
+        if info is None:
+            raise
+        return info
+    return None
 
 
 def _apply_parallel(
@@ -234,7 +254,12 @@ def _apply_parallel(
     failure: BaseException | None = None
     try:
         for i in todo:
-            _prepare(sn, keys[i], labels[i])
+            found = _prepare(sn, keys[i], labels[i])
+            if found is not None:  # parentless: only layer 0's lookup can match
+                done[i] = _reused(blobs[i], diff_ids[i], found)
+        todo = [i for i in todo if i not in done]
+        if not todo:
+            return done
         cores = _cores()
         admission = Admission(cores)
         with ThreadPoolExecutor(max_workers=min(len(todo), cores)) as pool:
