@@ -203,7 +203,9 @@ def test_layer_blobs_are_verified_while_they_stream(tmp_path: Path) -> None:
     path.write_bytes(data)
     with ImageSource(lay.path) as src, src.open_blob(layer, "layer 1") as reader:
         with pytest.raises(
-            InvalidArgumentError, match=f"layer 1: digest mismatch: the content is {sha(data)}"
+            InvalidArgumentError,
+            match=f"layer 1: digest mismatch: expected {layer.desc.digest}, "
+            f"the content is {sha(data)}",
         ):
             reader.read()
         with pytest.raises(InvalidArgumentError, match="digest mismatch"):

@@ -234,8 +234,10 @@ def test_wrong_diff_id_is_refused(sn: pysnap.OverlaySnapshotter, tmp_path: Path)
         "layers": [lay.blob(gzip.compress(a), "application/vnd.oci.image.layer.v1.tar+gzip")],
     }
     lay.index([lay.doc(manifest, "application/vnd.oci.image.manifest.v1+json")])
-    with pytest.raises(pysnap.errors.SnapshotError):
+    blob = manifest["layers"][0]["digest"]  # type: ignore[index]
+    with pytest.raises(InvalidArgumentError, match=rf"^layer 0 {blob}: .*diff ID") as e:
         unpack(sn, lay.path, platform="linux/amd64")
+    assert "emptied again" in " ".join(e.value.__notes__)  # the apply's notes are kept
     assert sn.walk() == []
 
 

@@ -83,7 +83,7 @@ class VerifiedReader(io.RawIOBase):
             return
         if self._expected is not None and actual != self._expected:
             self.error = InvalidArgumentError(
-                f"{self._what}: digest mismatch: the content is {actual}"
+                f"{self._what}: digest mismatch: expected {self._expected}, the content is {actual}"
             )
             raise self.error
         self.digest = actual

@@ -48,6 +48,7 @@ from ..errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    SnapshotError,
 )
 from ..storage import REF_LABEL
 from ..types import Info, Kind
@@ -419,6 +420,12 @@ def _extract(
                 cause = reader.error or _blob_fault(src, blob, what)
                 if cause is not None:
                     raise cause from e
+                if isinstance(e, SnapshotError):  # the message names the layer and its blob
+                    named = type(e)(f"{what}: {e}")
+                    for note in getattr(e, "__notes__", ()):
+                        named.add_note(note)
+                    raise named from e
+                e.add_note(f"unpack: {what}")  # an OSError keeps its errno and file names
                 raise
             digest = reader.finish(applied.digest if by_apply else None)
         media_type = blob.desc.media_type if blob.desc.digest else applied.media_type
