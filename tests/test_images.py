@@ -463,16 +463,22 @@ def test_export_refuses_bad_input(
         export(sn, "app", tmp_path / "o", config={"Bogus": 1})
     with pytest.raises(InvalidArgumentError, match="'Cmd' must be a list"):
         export(sn, "app", tmp_path / "o", config={"Cmd": "sh"})
+    with pytest.raises(InvalidArgumentError, match="'Labels' must be a dict of strings"):
+        export(sn, "app", tmp_path / "o", config={"Labels": {"a": 1}})
     with pytest.raises(InvalidArgumentError, match="compression"):
         export(sn, "app", tmp_path / "o", compression="lz4")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(AlreadyExistsError, match="not a directory"):
+        export(sn, "app", tmp_path / "file")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
     with pytest.raises(AlreadyExistsError):
         export(sn, "app", tmp_path / "full")
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
-    with pytest.raises(InvalidArgumentError, match="SOURCE_DATE_EPOCH"):
-        export(sn, "app", tmp_path / "o")
-    assert sorted(os.listdir(tmp_path)) == ["full", "root"]  # nothing half-written
+    for bad in ("yesterday", "99999999999999"):
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", bad)
+        with pytest.raises(InvalidArgumentError, match="SOURCE_DATE_EPOCH"):
+            export(sn, "app", tmp_path / "o")
+    assert sorted(os.listdir(tmp_path)) == ["file", "full", "root"]  # nothing half-written
 
 
 def test_cli_unpack_and_export(

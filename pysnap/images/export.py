@@ -18,7 +18,7 @@ import json
 import os
 import secrets
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -59,6 +59,7 @@ CONFIG_KEYS: Mapping[str, type] = {
     "StopSignal": str,
     "ArgsEscaped": bool,
 }
+_OF_STRINGS = {"Env", "Entrypoint", "Cmd", "Labels"}  # lists of strings; Labels' values
 _CHUNK = 1 << 20
 
 
@@ -73,7 +74,10 @@ def _created() -> tuple[str | None, int]:
         return None, 0
     if not value.isdigit():
         raise InvalidArgumentError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds")
-    when = _dt.datetime.fromtimestamp(int(value), _dt.UTC)
+    try:
+        when = _dt.datetime.fromtimestamp(int(value), _dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        raise InvalidArgumentError(f"SOURCE_DATE_EPOCH={value} is past the year 9999") from None
     return when.strftime("%Y-%m-%dT%H:%M:%SZ"), int(value)
 
 
@@ -89,10 +93,13 @@ def check_config(config: object) -> dict[str, Any]:
             raise InvalidArgumentError(
                 f"export: config field {key!r} is not one of {', '.join(CONFIG_KEYS)}"
             )
-        if not isinstance(value, kind) or (
-            isinstance(value, list) and not all(isinstance(v, str) for v in value)
-        ):
+        if not isinstance(value, kind):
             raise InvalidArgumentError(f"export: config field {key!r} must be a {kind.__name__}")
+        items: Iterable[object] = value.values() if isinstance(value, dict) else value
+        if key in _OF_STRINGS and not all(isinstance(v, str) for v in items):
+            raise InvalidArgumentError(
+                f"export: config field {key!r} must be a {kind.__name__} of strings"
+            )
     return dict(config)
 
 
@@ -177,6 +184,10 @@ def export(
     as_tar = dest.endswith(".tar")
     if not as_tar and os.path.isdir(dest) and os.listdir(dest):
         raise AlreadyExistsError(f"export {name!r}: {dest} is a directory that is not empty")
+    if not as_tar and os.path.lexists(dest) and not os.path.isdir(dest):
+        raise AlreadyExistsError(
+            f"export {name!r}: {dest} exists and is not a directory (a tar's name ends in .tar)"
+        )
     chain = _chain(sn, name)
     stage = f"{dest}.tmp-{secrets.token_hex(6)}"
     os.mkdir(stage, 0o700)
