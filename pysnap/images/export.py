@@ -18,9 +18,9 @@ import json
 import os
 import secrets
 import tarfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from .. import blobstore
 from ..errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError
@@ -95,11 +95,12 @@ def check_config(config: object) -> dict[str, Any]:
             )
         if not isinstance(value, kind):
             raise InvalidArgumentError(f"export: config field {key!r} must be a {kind.__name__}")
-        items: Iterable[object] = value.values() if isinstance(value, dict) else value
-        if key in _OF_STRINGS and not all(isinstance(v, str) for v in items):
-            raise InvalidArgumentError(
-                f"export: config field {key!r} must be a {kind.__name__} of strings"
-            )
+        if key in _OF_STRINGS:
+            items = value.values() if isinstance(value, dict) else cast(list[object], value)
+            if not all(isinstance(v, str) for v in items):
+                raise InvalidArgumentError(
+                    f"export: config field {key!r} must be a {kind.__name__} of strings"
+                )
     return dict(config)
 
 
