@@ -52,6 +52,10 @@ class Ingest:
 
     The caller verifies the digest; commit only moves the file into place
     (a blob already there has the same bytes, and is replaced atomically).
+    The writes are unbuffered: every byte is in the kernel when the write
+    returns, so the durable apply's syncfs of the root, which runs after the
+    blob's last read and before the commit, flushes the copy too (a buffered
+    file's last block would reach the kernel only at close, after it).
     """
 
     def __init__(self, root: str) -> None:
@@ -60,21 +64,24 @@ class Ingest:
         os.makedirs(ingest, mode=0o700, exist_ok=True)
         name = f"{owner.current()}-{secrets.token_hex(6)}"
         self.path = os.path.join(ingest, name)
-        self._file = open(self.path, "xb")  # closed by commit() or abort()
+        # closed by commit() or abort()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
     def write(self, data: bytes | memoryview) -> None:
-        self._file.write(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
 
     def commit(self, digest: str) -> str:
         """Move the copy into place as ``digest``; its path."""
-        self._file.close()
+        os.close(self._fd)
         final = blob_path(self._root, digest)
         os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
         os.rename(self.path, final)
         return final
 
     def abort(self) -> None:
-        self._file.close()
+        os.close(self._fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
