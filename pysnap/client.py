@@ -17,6 +17,7 @@ through ``mounts()``, as containerd's applier does.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
@@ -35,12 +36,30 @@ Labels = Mapping[str, str] | None
 Progress = Callable[[int, int], object] | None
 
 
+#: The URI schemes of grpc's resolvers: an address that starts with one is a grpc target.
+_GRPC_SCHEMES = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:", "vsock:")
+
+
 def target_of(address: str | os.PathLike[str]) -> str:
-    """The grpc target of an address: a socket path, ``unix:PATH``, or any grpc target."""
+    """The grpc target of an address: a socket path, or any grpc target (``unix:PATH``...).
+
+    As ``ctr --address``: a path with a ``/`` in it, or a socket that exists,
+    is a unix socket, relative ones from the working directory. Anything
+    else (``host:port``) goes to grpc as it is.
+    """
     address = os.fspath(address)
-    if address.startswith("/") or address.startswith("."):
+    if address.startswith(_GRPC_SCHEMES):
+        return address
+    if "/" in address or _is_socket(address):
         return f"unix:{os.path.abspath(address)}"
     return address
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 class RemoteSnapshotter:

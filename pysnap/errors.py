@@ -18,8 +18,15 @@ ClosedError                 8     UNAVAILABLE
 CorruptStoreError           9     DATA_LOSS
 MapFullError                10    RESOURCE_EXHAUSTED
 UnimplementedError          12    UNIMPLEMENTED
+CanceledError               13    CANCELLED
+DeadlineExceededError       14    DEADLINE_EXCEEDED
 SnapshotError (any other)   1     UNKNOWN
 ==========================  ====  ===================
+
+The last two come only from gRPC itself: a call cancelled, or past its
+``timeout``. RESOURCE_EXHAUSTED is a MapFullError only when a pysnap server
+says so (the ``pysnap-error`` trailer); gRPC's own (a message over 16 MiB)
+is a plain SnapshotError.
 
 containerd 1.6 maps only InvalidArgument, NotFound, AlreadyExists,
 FailedPrecondition, Unavailable, Unimplemented, Canceled and DeadlineExceeded
@@ -102,6 +109,18 @@ class UnimplementedError(SnapshotError):
     code, exit_code, grpc_status = "unimplemented", 12, "UNIMPLEMENTED"
 
 
+class CanceledError(SnapshotError):
+    """The call was cancelled before it finished (errdefs.ErrCanceled)."""
+
+    code, exit_code, grpc_status = "canceled", 13, "CANCELLED"
+
+
+class DeadlineExceededError(SnapshotError):
+    """The call ran past its deadline (errdefs.ErrDeadlineExceeded)."""
+
+    code, exit_code, grpc_status = "deadline_exceeded", 14, "DEADLINE_EXCEEDED"
+
+
 class ErrorKind(NamedTuple):
     """How one exception is reported: ``--json`` code, exit code, gRPC status name."""
 
@@ -136,6 +155,8 @@ _BY_GRPC_STATUS: dict[str, type[SnapshotError]] = {
         CorruptStoreError,
         MapFullError,
         UnimplementedError,
+        CanceledError,
+        DeadlineExceededError,
     )
 }
 
@@ -148,8 +169,10 @@ def from_grpc_status(status: str, message: str) -> SnapshotError:
 __all__ = [
     "OSERROR_EXIT_CODE",
     "AlreadyExistsError",
+    "CanceledError",
     "ClosedError",
     "CorruptStoreError",
+    "DeadlineExceededError",
     "ErrorKind",
     "FailedPreconditionError",
     "InvalidArgumentError",

@@ -72,6 +72,8 @@ _SIMPLE_ESCAPES = {
     "\\": "\\",
 }
 _HEX = "0123456789abcdefABCDEF"
+#: Characters of the filter shown each side of a syntax error.
+_CONTEXT = 40
 
 
 class FilterSyntaxError(InvalidArgumentError):
@@ -81,12 +83,17 @@ class FilterSyntaxError(InvalidArgumentError):
         self.filter = text
         self.position = position
         self.reason = message
-        # containerd marks the spot as [before >|x|< after]; so do we.
-        if position < len(text):
-            where = f"{text[:position]} >|{text[position]}|< {text[position + 1 :]}"
-        else:
-            where = f"{text} >||<"
-        super().__init__(f"invalid filter {text!r} at position {position}: {message} [{where}]")
+        # containerd marks the spot as [before >|x|< after]; so do we, with at
+        # most _CONTEXT characters each side: the message crosses gRPC in a
+        # header, which a long filter quoted whole would overflow.
+        before = text[max(0, position - _CONTEXT) : position]
+        if position > _CONTEXT:
+            before = "..." + before
+        after = text[position + 1 : position + 1 + _CONTEXT]
+        if len(text) > position + 1 + _CONTEXT:
+            after += "..."
+        where = f"{before} >|{text[position : position + 1]}|< {after}"
+        super().__init__(f"invalid filter at position {position}: {message} [{where!r}]")
 
 
 class Selector(NamedTuple):

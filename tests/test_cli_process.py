@@ -13,8 +13,9 @@ import pytest
 from cli_helpers import Run, sub
 from interrupts import interrupt_at, pysnap_command, read_until, spawn_in_pty, wait_exit
 from mountpoints import is_mounted
+from served import ServedSnapshotter
 
-from pysnap import mountinfo
+from pysnap import Kind, mountinfo
 from pysnap.cli import main
 
 # --------------------------------------------------------- real subprocesses
@@ -167,6 +168,41 @@ def test_commit_and_rm_refuse_a_mounted_snapshot(
     assert run("rm", "-f", "lc") == (0, "removed lc\n", "")
     assert run("unmount", t)[0] == 0
     assert run("rm", "la") == (0, "removed la\n", "")
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("parent", [False, True], ids=["bind", "overlay"])
+def test_remote_commit_and_rm_refuse_a_mounted_active_snapshot(
+    tmp_path: Path, targets: list[str], capsys: pytest.CaptureFixture[str], parent: bool
+) -> None:
+    # The server has no upperdir label (serve's default): the check reads mounts().
+    t = str(tmp_path / "target")
+    os.mkdir(t)
+    targets.append(t)
+    with ServedSnapshotter(tmp_path / "root", sync=False) as served:
+
+        def run(*argv: str) -> tuple[int, str, str]:
+            code = main(["--address", served.server.address, *argv])
+            return (code, *capsys.readouterr())
+
+        base = ""
+        if parent:
+            served.prepare("b")
+            served.commit("base", "b")
+            base = "base"
+        served.prepare("a", base)
+        assert run("mount", t, "a")[0] == 0
+        for argv in (["commit", "la", "a"], ["rm", "a"]):
+            code, out, err = run(*argv)
+            assert (code, out) == (5, ""), err
+            assert f"it is mounted at {t}" in err and "--force" in err
+            assert served.stat("a").kind == Kind.ACTIVE  # nothing changed
+        assert run("unmount", t)[0] == 0
+        assert run("commit", "la", "a") == (0, "", "")
+        served.prepare("c", "la")
+        assert run("mount", t, "c")[0] == 0
+        assert run("rm", "--force", "c") == (0, "removed c\n", "")
+        assert run("unmount", t)[0] == 0
 
 
 # Where a Ctrl-C can stop the demo: making its root; making a mount point; a

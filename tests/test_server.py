@@ -12,6 +12,7 @@ import socket
 import stat
 import threading
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -21,12 +22,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from served import ServedSnapshotter, short_tmpdir
 
 from pysnap import Info, Kind, OverlaySnapshotter
-from pysnap.client import RemoteSnapshotter
+from pysnap.client import RemoteSnapshotter, target_of
 from pysnap.errors import (
     AlreadyExistsError,
+    CanceledError,
     ClosedError,
+    DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
+    MapFullError,
     NotFoundError,
     SnapshotError,
 )
@@ -248,6 +252,90 @@ def test_garbage_labels_and_huge_messages_change_nothing(
     assert served.walk() == before
 
 
+class _Raising:
+    """A snapshotter whose stat() raises ``error``."""
+
+    def __init__(self, sn: OverlaySnapshotter, error: Exception) -> None:
+        self._sn, self._error = sn, error
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sn, name)
+
+    def stat(self, key: str) -> Info:
+        raise self._error
+
+
+@pytest.mark.parametrize("char", ["x", "\u00e9", "\U0001f600"])
+def test_a_long_error_message_is_cut_not_lost(tmp_path: Path, char: str) -> None:
+    # gRPC drops a call whose status message (a percent-encoded header) passes
+    # 16 KiB, and the client then saw RESOURCE_EXHAUSTED instead of the error.
+    message = "bad key " + char * 100_000
+    with OverlaySnapshotter(tmp_path / "root", sync=False) as sn, short_tmpdir() as d:
+        backend = _Raising(sn, NotFoundError(message))
+        with (
+            SnapshotServer(backend, f"{d}/s.sock") as server,  # type: ignore[arg-type]
+            RemoteSnapshotter(server.address, timeout=10) as c,
+        ):
+            with pytest.raises(NotFoundError) as e:
+                c.stat("a")
+    got = str(e.value)
+    assert got.startswith("bad key " + char * 10) and got.endswith(" more bytes)")
+    assert len(got.encode()) < convert.MAX_DETAIL_BYTES + 100
+
+
+def test_a_long_bad_filter_is_invalid_argument_over_the_wire(served: ServedSnapshotter) -> None:
+    for text in ('labels."' + "a" * 20_000, "name==" + "x" * 20_000 + ",,"):
+        with pytest.raises(InvalidArgumentError, match="invalid filter at position"):
+            served.walk(text)
+
+
+def test_resource_exhausted_is_map_full_only_when_the_store_is_full(tmp_path: Path) -> None:
+    with ServedSnapshotter(tmp_path / "root", sync=False, map_size=1 << 20) as s:
+        huge = {f"k{n}": "v" * 4000 for n in range(4200)}  # over gRPC's 16 MiB
+        with pytest.raises(SnapshotError, match="RESOURCE_EXHAUSTED") as e:
+            s.prepare("b", labels=huge)
+        assert type(e.value) is SnapshotError  # gRPC's limit says nothing of the map size
+        big = {f"k{i}": "v" * 4000 for i in range(16)}
+        with pytest.raises(MapFullError, match="map size"):
+            for n in range(1000):
+                s.prepare(f"s{n}", labels=big)
+
+
+def test_a_deadline_and_a_cancel_are_their_own_kinds(tmp_path: Path) -> None:
+    with OverlaySnapshotter(tmp_path / "root", sync=False) as sn, short_tmpdir() as d:
+        slow = _BlockingUsage(sn)
+        sn.prepare("a")
+        with SnapshotServer(slow, f"{d}/s.sock") as server:  # type: ignore[arg-type]
+            try:
+                with RemoteSnapshotter(server.address, timeout=0.5) as c:
+                    with pytest.raises(DeadlineExceededError):
+                        c.usage("a")
+            finally:
+                slow.release.set()
+    # A peer whose own context was cancelled (containerd's socket) answers CANCELLED.
+    with short_tmpdir() as d:
+        peer = grpc.server(futures.ThreadPoolExecutor(1))
+
+        def stat(request: bytes, context: grpc.ServicerContext) -> bytes:
+            context.abort(grpc.StatusCode.CANCELLED, "context canceled")
+
+        peer.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    convert.SERVICE_NAME, {"Stat": grpc.unary_unary_rpc_method_handler(stat)}
+                ),
+            )
+        )
+        peer.add_insecure_port(f"unix:{d}/peer.sock")
+        peer.start()
+        try:
+            with RemoteSnapshotter(f"{d}/peer.sock", timeout=10) as c:
+                with pytest.raises(CanceledError, match=r"^context canceled$"):
+                    c.stat("a")
+        finally:
+            peer.stop(None)
+
+
 def test_a_client_that_leaves_mid_stream_disturbs_no_one(
     served: ServedSnapshotter, stub: snapshots_pb2_grpc.SnapshotsStub
 ) -> None:
@@ -340,7 +428,8 @@ def test_socket_modes_and_readiness(tmp_path: Path) -> None:
             assert stat.S_IMODE(os.stat(f"{d}/new/dir").st_mode) == 0o700
             st = os.lstat(address)
             assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
-            assert os.listdir(f"{d}/new/dir") == ["s.sock"]  # no temporary name left
+            # no temporary name left; the lock that keeps a second server off stays
+            assert sorted(os.listdir(f"{d}/new/dir")) == ["s.sock", "s.sock.lock"]
             with grpc.insecure_channel(f"unix:{address}") as ch:
                 check = health_pb2_grpc.HealthStub(ch).Check
                 for service in ("", convert.SERVICE_NAME):
@@ -364,7 +453,7 @@ def test_stale_socket_replaced_live_one_and_non_socket_refused(tmp_path: Path) -
         with pytest.raises(FailedPreconditionError, match="not a socket"):
             SnapshotServer(sn, address).start()
         assert Path(address).read_text() == "not a socket"
-        assert sorted(os.listdir(d)) == ["s.sock"]
+        assert sorted(os.listdir(d)) == ["s.sock", "s.sock.lock"]
 
 
 def test_stop_lets_calls_in_flight_finish(tmp_path: Path) -> None:
@@ -388,6 +477,68 @@ def test_stop_lets_calls_in_flight_finish(tmp_path: Path) -> None:
             walker.join()
             stopper.join()
             assert result == [sn.usage("a")]  # the call in flight finished
+
+
+def test_two_servers_started_at_once_on_one_address(tmp_path: Path) -> None:
+    with OverlaySnapshotter(tmp_path / "root", sync=False) as sn, short_tmpdir() as d:
+        servers = [SnapshotServer(sn, f"{d}/s.sock") for _ in range(8)]
+        barrier = threading.Barrier(len(servers))
+        outcomes: list[object] = [None] * len(servers)
+
+        def start(n: int) -> None:
+            barrier.wait()
+            try:
+                servers[n].start()
+                outcomes[n] = "serving"
+            except AlreadyExistsError as e:
+                outcomes[n] = e
+
+        threads = [threading.Thread(target=start, args=(n,)) for n in range(len(servers))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        try:
+            assert outcomes.count("serving") == 1, outcomes
+        finally:
+            for server in servers:
+                server.stop(None)
+        with SnapshotServer(sn, f"{d}/s.sock"):  # the lock went with the server
+            pass
+
+
+@pytest.mark.parametrize("length", [80, 100, 107])
+def test_an_address_up_to_the_socket_limit_is_served(tmp_path: Path, length: int) -> None:
+    # The temporary name it binds first is longer: near the limit it binds in place.
+    with OverlaySnapshotter(tmp_path / "root", sync=False) as sn, short_tmpdir() as d:
+        address = f"{d}/" + "s" * (length - len(d) - 1)
+        assert len(address) == length
+        with SnapshotServer(sn, address), RemoteSnapshotter(address, timeout=10) as c:
+            c.prepare("a")
+            assert stat.S_IMODE(os.lstat(address).st_mode) == 0o600
+        assert sorted(os.listdir(d)) == sorted([os.path.basename(address) + ".lock"])
+
+
+def test_addresses_are_socket_paths_as_ctr_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert target_of("e/s.sock") == f"unix:{tmp_path}/e/s.sock"  # relative, with a /
+    assert target_of("./s.sock") == f"unix:{tmp_path}/s.sock"
+    assert target_of("/run/x.sock") == "unix:/run/x.sock"
+    assert target_of("localhost:5000") == "localhost:5000"  # a grpc target as it is
+    assert target_of("unix:/run/x.sock") == "unix:/run/x.sock"
+    assert target_of("dns:///h:1") == "dns:///h:1"
+    assert target_of("s.sock") == "s.sock"  # no such socket here: a name
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind("s.sock")
+    sock.close()
+    assert target_of("s.sock") == f"unix:{tmp_path}/s.sock"  # a socket that exists
+    with OverlaySnapshotter(tmp_path / "root", sync=False) as sn:
+        os.mkdir("e")
+        with SnapshotServer(sn, "e/s.sock"), RemoteSnapshotter("e/s.sock", timeout=10) as c:
+            c.prepare("a")
+            assert [i.name for i in c.walk()] == ["a"]
 
 
 def test_address_too_long_for_a_socket(tmp_path: Path) -> None:

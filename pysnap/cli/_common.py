@@ -85,20 +85,20 @@ def snapshotter(
 def refuse_if_mounted(sn: OverlaySnapshotter, key: str, action: str) -> None:
     """FailedPreconditionError when a mount of this namespace uses ``key``'s directory.
 
-    ``sn`` was opened with ``upperdir_label``: the label names the directory
-    (a remote snapshotter without that label is not checked).
+    Locally ``sn`` was opened with ``upperdir_label``: the label names the
+    directory. A remote snapshotter tells it only for an active snapshot,
+    through its mounts (the overlay's upperdir, or the bind source); a
+    remote one that hides its layers elsewhere is not checked.
     Overlay layers and bind sources both count. A view of a parent owns no
     layer of its mount (it mounts its parents' layers), so its mount is not seen.
     """
-    from ..overlay import UPPERDIR_LABEL
-
-    upper = sn.stat(key).labels.get(UPPERDIR_LABEL)
-    if upper is None:  # a remote snapshotter that does not tell where its layers are
+    layer = _layer_dir(sn, key)
+    if layer is None:
         return
-    snapshot_dir = os.path.dirname(upper)
+    snapshot_dir = os.path.dirname(layer)
     try:
         users = mountinfo.users_of(snapshot_dir)
-    except FileNotFoundError:  # its directory is gone already: nothing mounts it
+    except FileNotFoundError:  # its directory is gone already (or on another machine)
         return
     if users:
         points = ", ".join(sorted({u.mount_point for u in users}))
@@ -106,3 +106,22 @@ def refuse_if_mounted(sn: OverlaySnapshotter, key: str, action: str) -> None:
             f"{action} {key!r}: it is mounted at {points}; unmount it first, "
             "or pass --force to go ahead anyway"
         )
+
+
+def _layer_dir(sn: OverlaySnapshotter, key: str) -> str | None:
+    """The directory that holds ``key``'s own files, where the snapshotter says."""
+    from ..overlay import UPPERDIR_LABEL
+    from ..types import Kind
+
+    info = sn.stat(key)
+    if UPPERDIR_LABEL in info.labels:
+        return info.labels[UPPERDIR_LABEL]
+    if info.kind is not Kind.ACTIVE:  # a view writes nothing; a committed one is not mounted
+        return None
+    for m in sn.mounts(key):
+        if m.type == "bind" and "rw" in m.options:
+            return m.source
+        for option in m.options:
+            if option.startswith("upperdir="):
+                return option.removeprefix("upperdir=")
+    return None

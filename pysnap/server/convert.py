@@ -7,7 +7,9 @@ containerd's enum, whose numbers are ``Kind``'s. The Infos the server sends
 are encoded by ``snapcore.wire`` (the hot path of List and Stat); everything
 else goes through the generated protobuf classes. Errors cross as gRPC status
 codes through the one table in ``pysnap.errors``, in both directions, with the
-message unchanged (containerd's ``errgrpc.ToGRPC`` and ``ToNative``).
+message unchanged (containerd's ``errgrpc.ToGRPC`` and ``ToNative``) up to
+MAX_DETAIL_BYTES: the message travels in a header, and gRPC drops a call
+whose headers pass 16 KiB.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from snapcore.wire import encode_info_messages
 
-from ..errors import InvalidArgumentError, SnapshotError, from_grpc_status, kind_of
+from ..errors import (
+    InvalidArgumentError,
+    MapFullError,
+    SnapshotError,
+    from_grpc_status,
+    kind_of,
+)
 from ..types import Info, Kind, Mount, Usage
 from ._proto import mount_pb2, snapshots_pb2
 
@@ -35,6 +43,10 @@ LIST_BATCH = 100
 SERVICE_NAME = "containerd.services.snapshots.v1.Snapshots"
 #: The header that carries containerd's namespace (namespaces.GRPCHeader).
 NAMESPACE_HEADER = "containerd-namespace"
+#: The trailer in which a pysnap server names the kind of its error (ErrorKind.code).
+ERROR_KIND_TRAILER = "pysnap-error"
+#: An error message longer than this (UTF-8) is cut: percent-encoded, it stays under 8 KiB.
+MAX_DETAIL_BYTES = 2000
 _NS = 1_000_000_000
 
 
@@ -141,7 +153,32 @@ def status_of(exc: BaseException) -> grpc.StatusCode:
     return code
 
 
+def detail_of(exc: BaseException) -> str:
+    """The status message for ``exc``: its text, cut to MAX_DETAIL_BYTES."""
+    text = str(exc)
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= MAX_DETAIL_BYTES:
+        return text
+    kept = data[:MAX_DETAIL_BYTES].decode("utf-8", "ignore")  # no half character
+    return f"{kept}... ({len(data) - len(kept.encode())} more bytes)"
+
+
+def error_trailer(exc: BaseException) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata that names the kind of a pysnap error (none for others)."""
+    return ((ERROR_KIND_TRAILER, kind_of(exc).code),) if isinstance(exc, SnapshotError) else ()
+
+
 def error_from_rpc(err: grpc.RpcError) -> SnapshotError:
-    """The pysnap error for a failed call: the class of its status, its message unchanged."""
+    """The pysnap error for a failed call: the class of its status, its message unchanged.
+
+    RESOURCE_EXHAUSTED is a MapFullError only when the server's trailer says
+    so; gRPC's own (a message or headers over its limits) is not about the
+    map size.
+    """
     code = err.code()
-    return from_grpc_status(code.name, err.details() or code.name.lower())
+    details = err.details() or code.name.lower()
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        trailer = dict(err.trailing_metadata() or ())
+        if trailer.get(ERROR_KIND_TRAILER) != MapFullError.code:
+            return SnapshotError(f"{code.name}: {details}")
+    return from_grpc_status(code.name, details)

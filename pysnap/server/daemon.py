@@ -5,9 +5,13 @@ health service on a unix socket:
 
 - The socket's directory is made 0700 when it does not exist (an existing one
   is left as it is: it may be /tmp); the socket itself is 0600.
+- One server per address: it holds an flock on ``<address>.lock`` while it
+  runs (two started at once cannot both pass the check below). The lock
+  file stays; removing it would race the next server.
 - The socket is bound under a temporary name, made 0600, and renamed into
   place once the server answers: the address exists only while a server
-  serves it. A stale socket left by a killed server is replaced; a live one
+  serves it (an address too long for a temporary name beside it is bound in
+  place). A stale socket left by a killed server is replaced; a live one
   (something answers a connect) is refused, and so is a path that is not a socket.
 - ``stop()`` removes the address first (no new connections), reports
   NOT_SERVING, lets calls in flight finish within ``grace`` seconds, then
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import signal
@@ -74,14 +79,31 @@ class SnapshotServer:
         self._server: grpc.Server | None = None
         self._health = health.HealthServicer()
         self._inode: tuple[int, int] | None = None
+        self._lock = -1
 
     def start(self) -> None:
         """Bind, start and publish the socket. Raises AlreadyExistsError (live server there)."""
         directory = os.path.dirname(self.address)
         if not os.path.isdir(directory):
             os.makedirs(directory, mode=0o700, exist_ok=True)
-        _refuse_live(self.address)
-        tmp = os.path.join(directory, f".pysnap-{os.getpid()}-{id(self):x}.sock")
+        lock = _lock_address(self.address)
+        try:
+            _refuse_live(self.address)
+            server, st = self._bind_and_publish(directory)
+        except BaseException:
+            os.close(lock)
+            raise
+        self._lock = lock
+        self._inode = (st.st_dev, st.st_ino)
+        self._server = server
+        for name in ("", convert.SERVICE_NAME):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %s on %s", convert.SERVICE_NAME, self.address)
+
+    def _bind_and_publish(self, directory: str) -> tuple[grpc.Server, os.stat_result]:
+        tmp = os.path.join(directory, f".pysnap-{os.getpid():x}-{id(self) & 0xFFFF:x}")
+        if len(os.fsencode(tmp)) > _SUN_PATH_MAX:
+            tmp = self.address  # no room for a temporary name: a stale socket goes first
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         server = grpc.server(
@@ -90,23 +112,22 @@ class SnapshotServer:
         )
         server.add_generic_rpc_handlers((generic_handler(self._sn),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        if server.add_insecure_port(f"unix:{tmp}") == 0:
+        try:
+            bound = server.add_insecure_port(f"unix:{tmp}")
+        except RuntimeError as e:  # grpc says only "Failed to bind"
+            raise OSError(errno.EADDRNOTAVAIL, f"cannot bind the socket: {e}", tmp) from None
+        if bound == 0:
             raise OSError(errno.EADDRNOTAVAIL, "cannot bind the socket", tmp)
         server.start()
         try:
             os.chmod(tmp, 0o600)
             os.rename(tmp, self.address)  # replaces a stale socket in one step
-            st = os.stat(self.address)
+            return server, os.stat(self.address)
         except BaseException:
             server.stop(None)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        self._inode = (st.st_dev, st.st_ino)
-        self._server = server
-        for name in ("", convert.SERVICE_NAME):
-            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving %s on %s", convert.SERVICE_NAME, self.address)
 
     def stop(self, grace: float | None = DEFAULT_GRACE) -> None:
         """Stop accepting, let calls in flight finish within ``grace`` seconds, cancel the rest."""
@@ -119,6 +140,7 @@ class SnapshotServer:
         stopped = server.stop(grace)
         self._unlink_own_socket()
         stopped.wait()
+        os.close(self._lock)  # the next server may start
         log.info("stopped serving on %s", self.address)
 
     def _unlink_own_socket(self) -> None:
@@ -139,6 +161,21 @@ class SnapshotServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _lock_address(address: str) -> int:
+    """The descriptor of an flock on ``<address>.lock``; AlreadyExistsError if a server holds it."""
+    path = f"{address}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AlreadyExistsError(f"address {address!r} is served by a live server") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _refuse_live(path: str) -> None:

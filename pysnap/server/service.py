@@ -4,7 +4,8 @@ Each handler decodes its request, calls the snapshotter, encodes the answer
 (``convert``), as containerd's ``contrib/snapshotservice`` does: every rule
 lives in the snapshotter, so a client sees exactly what the library does. An
 exception becomes the status code of its row in ``pysnap.errors`` with its
-message unchanged. The ``snapshotter`` field of each request and the
+message unchanged (cut at convert.MAX_DETAIL_BYTES), and a pysnap error's
+kind in the ``pysnap-error`` trailer. The ``snapshotter`` field of each request and the
 ``containerd-namespace`` header are ignored, as containerd's service ignores
 them.
 
@@ -101,7 +102,8 @@ def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> NoRetu
         log.debug("%s: %s", method, exc)
     else:
         log.exception("%s failed unexpectedly", method)
-    context.abort(convert.status_of(exc), str(exc))
+    context.set_trailing_metadata(convert.error_trailer(exc))
+    context.abort(convert.status_of(exc), convert.detail_of(exc))
     raise AssertionError("context.abort returned")  # it always raises
 
 
