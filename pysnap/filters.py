@@ -93,7 +93,8 @@ class FilterSyntaxError(InvalidArgumentError):
         if len(text) > position + 1 + _CONTEXT:
             after += "..."
         where = f"{before} >|{text[position : position + 1]}|< {after}"
-        super().__init__(f"invalid filter at position {position}: {message} [{where!r}]")
+        what = repr(text) if len(text) <= 2 * _CONTEXT else f"of {len(text)} characters"
+        super().__init__(f"invalid filter {what} at position {position}: {message} [{where}]")
 
 
 class Selector(NamedTuple):
