@@ -51,7 +51,7 @@ def target_of(address: str | os.PathLike[str]) -> str:
     if address.startswith(_GRPC_SCHEMES):
         return address
     if "/" in address or _is_socket(address):
-        return f"unix:{os.path.abspath(address)}"
+        return convert.unix_target(os.path.abspath(address))
     return address
 
 

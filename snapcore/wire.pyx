@@ -23,6 +23,10 @@ from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy
 
+
+cdef extern from "Python.h":
+    const Py_ssize_t PY_SSIZE_T_MAX
+
 cdef enum:
     _TAG_STRING_1 = 0x0A  # field 1, length-delimited
     _TAG_STRING_2 = 0x12  # field 2, length-delimited
@@ -149,11 +153,13 @@ cdef int _info(Buf *b, object info) except -1:
     return 0
 
 
-def encode_info_messages(infos, Py_ssize_t per_message):
+def encode_info_messages(infos, Py_ssize_t per_message, Py_ssize_t max_bytes=PY_SSIZE_T_MAX):
     """Messages of ``per_message`` Infos each (the last one shorter); none for no Infos.
 
-    Each message is ``info = 1`` repeated: a ListSnapshotsResponse, or with one
-    Info a StatSnapshotResponse or UpdateSnapshotResponse.
+    A message is cut sooner where the next Info would take it past
+    ``max_bytes`` (an Info bigger than that goes alone). Each message is
+    ``info = 1`` repeated: a ListSnapshotsResponse, or with one Info a
+    StatSnapshotResponse or UpdateSnapshotResponse.
 
     Raises:
         ValueError: ``per_message`` < 1, or an Info that is not a 6-tuple.
@@ -173,6 +179,10 @@ def encode_info_messages(infos, Py_ssize_t per_message):
         for info in infos:
             one.len = 0
             _info(&one, info)
+            if count and out.len + 11 + one.len > max_bytes:  # 11: the tag and the length
+                messages.append(out.data[:out.len])
+                out.len = 0
+                count = 0
             _tag(&out, _TAG_STRING_1)
             _varint(&out, <uint64_t>one.len)
             _raw(&out, one.data, one.len)

@@ -96,3 +96,29 @@ def test_image_runs_and_the_collector_empties_the_root(tmp_path: Path) -> None:
         assert cleanup.returncode == 0, cleanup.stderr
         assert snapshots_on_disk(env) == []
         assert mountinfo.mounts_under(env.base) == []  # ctr run --rm unmounted the rootfs
+
+
+def test_remote_cli_on_containerds_native_snapshotter(
+    tmp_path: Path, containerd: ContainerdEnv, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # native's active snapshot is bind-mounted whole (no fs/ inside): the mounted
+    # check must look at that directory, not at every snapshot beside it.
+    from pysnap.cli import main
+
+    def run(*argv: str) -> tuple[int, str]:
+        code = main(["--address", containerd.address, "--snapshotter", "native", *argv])
+        return code, capsys.readouterr().err
+
+    target = tmp_path / "m"
+    target.mkdir()
+    assert run("prepare", "mounted")[0] == 0
+    assert run("prepare", "other")[0] == 0
+    assert run("mount", str(target), "mounted")[0] == 0
+    try:
+        assert run("commit", "other-c", "other") == (0, "")
+        code, err = run("commit", "mounted-c", "mounted")
+        assert code == 5 and f"it is mounted at {target}" in err
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+    assert run("commit", "mounted-c", "mounted") == (0, "")
+    assert run("rm", "mounted-c", "other-c")[0] == 0

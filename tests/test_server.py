@@ -19,6 +19,7 @@ import grpc
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from privileges import as_nobody
 from served import ServedSnapshotter, short_tmpdir
 
 from pysnap import Info, Kind, OverlaySnapshotter
@@ -34,7 +35,7 @@ from pysnap.errors import (
     NotFoundError,
     SnapshotError,
 )
-from pysnap.server import SnapshotServer, convert
+from pysnap.server import SnapshotServer, convert, daemon
 from pysnap.server._proto import snapshots_pb2 as pb
 from pysnap.server._proto import snapshots_pb2_grpc
 
@@ -265,7 +266,7 @@ class _Raising:
         raise self._error
 
 
-@pytest.mark.parametrize("char", ["x", "\u00e9", "\U0001f600"])
+@pytest.mark.parametrize("char", ["x", "\u00e9", "\U0001f600", "\udcff"])
 def test_a_long_error_message_is_cut_not_lost(tmp_path: Path, char: str) -> None:
     # gRPC drops a call whose status message (a percent-encoded header) passes
     # 16 KiB, and the client then saw RESOURCE_EXHAUSTED instead of the error.
@@ -279,8 +280,30 @@ def test_a_long_error_message_is_cut_not_lost(tmp_path: Path, char: str) -> None
             with pytest.raises(NotFoundError) as e:
                 c.stat("a")
     got = str(e.value)
-    assert got.startswith("bad key " + char * 10) and got.endswith(" more bytes)")
+    shown = char.encode("utf-8", "backslashreplace").decode()  # path bytes: \\xff
+    assert got.startswith("bad key " + shown * 10) and got.endswith(" more bytes)")
     assert len(got.encode()) < convert.MAX_DETAIL_BYTES + 100
+
+
+def test_an_error_message_with_path_bytes_arrives_escaped(tmp_path: Path) -> None:
+    with OverlaySnapshotter(tmp_path / "root", sync=False) as sn, short_tmpdir() as d:
+        backend = _Raising(sn, NotFoundError("no such file: /x/\udcff"))
+        with (
+            SnapshotServer(backend, f"{d}/s.sock") as server,  # type: ignore[arg-type]
+            RemoteSnapshotter(server.address, timeout=10) as c,
+        ):
+            with pytest.raises(NotFoundError, match=r"^no such file: /x/\\udcff$"):
+                c.stat("a")
+
+
+def test_list_batches_stay_under_the_message_limit(served: ServedSnapshotter) -> None:
+    # 100 Infos a message, as containerd sends them, would be 20 MB here.
+    labels = {f"k{n}": "v" * 4000 for n in range(1000)}  # 4 MB of labels each
+    for n in range(5):
+        served.backend.prepare(f"big{n}", labels=labels)
+    assert sorted(i.name for i in served.walk()) == [f"big{n}" for n in range(5)]
+    messages = convert.info_messages(served.backend.walk())
+    assert len(messages) == 5 and max(map(len, messages)) < convert.LIST_BATCH_BYTES
 
 
 def test_a_long_bad_filter_is_invalid_argument_over_the_wire(served: ServedSnapshotter) -> None:
@@ -507,11 +530,32 @@ def test_two_servers_started_at_once_on_one_address(tmp_path: Path) -> None:
             pass
 
 
-@pytest.mark.parametrize("length", [80, 100, 107])
-def test_an_address_up_to_the_socket_limit_is_served(tmp_path: Path, length: int) -> None:
-    # The temporary name it binds first is longer: near the limit it binds in place.
+@pytest.mark.root
+def test_the_lock_a_server_leaves_lets_another_users_server_start(tmp_path: Path) -> None:
     with OverlaySnapshotter(tmp_path / "root", sync=False) as sn, short_tmpdir() as d:
-        address = f"{d}/" + "s" * (length - len(d) - 1)
+        os.chmod(d, 0o1777)  # a /tmp of its own
+        with SnapshotServer(sn, f"{d}/s.sock"):
+            pass
+        assert os.stat(f"{d}/s.sock.lock").st_uid == 0  # it stays, root's
+
+        def lock_as_nobody() -> str:
+            os.close(daemon._lock_address(f"{d}/s.sock"))
+            return "locked"
+
+        assert as_nobody(lock_as_nobody) == "locked"
+        os.mkfifo(f"{d}/f.sock.lock")  # odd, but no reason to hang
+        with SnapshotServer(sn, f"{d}/f.sock"):
+            pass
+
+
+@pytest.mark.parametrize("name", ["s", "p%41.sock", "h#x?y.sock"])
+@pytest.mark.parametrize("length", [80, 100, 107])
+def test_an_address_up_to_the_socket_limit_is_served(
+    tmp_path: Path, length: int, name: str
+) -> None:
+    # Near the limit a short name binds in place; grpc would percent-decode a path.
+    with OverlaySnapshotter(tmp_path / "root", sync=False) as sn, short_tmpdir() as d:
+        address = f"{d}/" + "s" * (length - len(d) - 1 - len(name)) + name
         assert len(address) == length
         with SnapshotServer(sn, address), RemoteSnapshotter(address, timeout=10) as c:
             c.prepare("a")

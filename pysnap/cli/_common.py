@@ -92,10 +92,9 @@ def refuse_if_mounted(sn: OverlaySnapshotter, key: str, action: str) -> None:
     Overlay layers and bind sources both count. A view of a parent owns no
     layer of its mount (it mounts its parents' layers), so its mount is not seen.
     """
-    layer = _layer_dir(sn, key)
-    if layer is None:
+    snapshot_dir = _snapshot_dir(sn, key)
+    if snapshot_dir is None:
         return
-    snapshot_dir = os.path.dirname(layer)
     try:
         users = mountinfo.users_of(snapshot_dir)
     except FileNotFoundError:  # its directory is gone already (or on another machine)
@@ -108,20 +107,20 @@ def refuse_if_mounted(sn: OverlaySnapshotter, key: str, action: str) -> None:
         )
 
 
-def _layer_dir(sn: OverlaySnapshotter, key: str) -> str | None:
-    """The directory that holds ``key``'s own files, where the snapshotter says."""
+def _snapshot_dir(sn: OverlaySnapshotter, key: str) -> str | None:
+    """The directory of ``key``'s own files (and work directory), where the snapshotter says."""
     from ..overlay import UPPERDIR_LABEL
     from ..types import Kind
 
     info = sn.stat(key)
-    if UPPERDIR_LABEL in info.labels:
-        return info.labels[UPPERDIR_LABEL]
+    if UPPERDIR_LABEL in info.labels:  # ours: <snapshot>/fs beside <snapshot>/work
+        return os.path.dirname(info.labels[UPPERDIR_LABEL])
     if info.kind is not Kind.ACTIVE:  # a view writes nothing; a committed one is not mounted
         return None
     for m in sn.mounts(key):
         if m.type == "bind" and "rw" in m.options:
-            return m.source
+            return m.source  # the snapshot's directory is all of it (containerd's native)
         for option in m.options:
-            if option.startswith("upperdir="):
-                return option.removeprefix("upperdir=")
+            if option.startswith("upperdir="):  # an overlay's: upperdir and workdir side by side
+                return os.path.dirname(option.removeprefix("upperdir="))
     return None

@@ -14,6 +14,7 @@ whose headers pass 16 KiB.
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
@@ -38,8 +39,11 @@ M = TypeVar("M", bound=Message)
 
 #: containerd's defaults.DefaultMaxRecvMsgSize and DefaultMaxSendMsgSize.
 MAX_MESSAGE_BYTES = 16 << 20
-#: Infos per ListSnapshotsResponse, as containerd's snapshotservice sends them.
+#: Infos per ListSnapshotsResponse, as containerd's snapshotservice sends them,
+#: in at most LIST_BATCH_BYTES: 100 Infos with big labels pass the 16 MiB a
+#: client takes. (One Info over 16 MiB, which only the library can make, cannot go.)
 LIST_BATCH = 100
+LIST_BATCH_BYTES = 4 << 20
 SERVICE_NAME = "containerd.services.snapshots.v1.Snapshots"
 #: The header that carries containerd's namespace (namespaces.GRPCHeader).
 NAMESPACE_HEADER = "containerd-namespace"
@@ -84,13 +88,14 @@ def labels_of(labels: Mapping[str, str] | None) -> Mapping[str, str] | None:
 
 
 def info_messages(infos: list[Info]) -> list[bytes]:
-    """The List stream: ListSnapshotsResponse bytes of LIST_BATCH Infos each (none for none).
+    """The List stream: ListSnapshotsResponse bytes of LIST_BATCH Infos or
+    LIST_BATCH_BYTES each (none for none).
 
     Encoded by snapcore.wire (about 7 us an Info as protobuf objects, well
     under that there), with every nanosecond of the times and Kind's numbers,
     which are containerd's.
     """
-    return encode_info_messages(infos, LIST_BATCH)
+    return encode_info_messages(infos, LIST_BATCH, LIST_BATCH_BYTES)
 
 
 def info_message(info: Info) -> bytes:
@@ -155,12 +160,16 @@ def status_of(exc: BaseException) -> grpc.StatusCode:
 
 def detail_of(exc: BaseException) -> str:
     """The status message for ``exc``: its text, cut to MAX_DETAIL_BYTES."""
-    text = str(exc)
-    data = text.encode("utf-8", "backslashreplace")
+    data = str(exc).encode("utf-8", "backslashreplace")  # a lone surrogate (path bytes): \udcff
     if len(data) <= MAX_DETAIL_BYTES:
-        return text
+        return data.decode()
     kept = data[:MAX_DETAIL_BYTES].decode("utf-8", "ignore")  # no half character
     return f"{kept}... ({len(data) - len(kept.encode())} more bytes)"
+
+
+def unix_target(path: str) -> str:
+    """The grpc target of a unix socket path: grpc percent-decodes it (``%41`` is ``A``)."""
+    return "unix:" + urllib.parse.quote(path)
 
 
 def error_trailer(exc: BaseException) -> tuple[tuple[str, str], ...]:

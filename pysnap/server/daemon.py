@@ -10,9 +10,10 @@ health service on a unix socket:
   file stays; removing it would race the next server.
 - The socket is bound under a temporary name, made 0600, and renamed into
   place once the server answers: the address exists only while a server
-  serves it (an address too long for a temporary name beside it is bound in
-  place). A stale socket left by a killed server is replaced; a live one
-  (something answers a connect) is refused, and so is a path that is not a socket.
+  serves it (an address whose name is under 7 bytes, too long for a
+  temporary name beside it, is bound in place, made 0600 before it listens).
+  A stale socket left by a killed server is replaced; a live one (something
+  answers a connect) is refused, and so is a path that is not a socket.
 - ``stop()`` removes the address first (no new connections), reports
   NOT_SERVING, lets calls in flight finish within ``grace`` seconds, then
   cancels the rest. ``serve()`` does that on SIGTERM or SIGINT and exits 0.
@@ -27,6 +28,7 @@ import errno
 import fcntl
 import logging
 import os
+import secrets
 import signal
 import socket
 import stat
@@ -101,7 +103,10 @@ class SnapshotServer:
         log.info("serving %s on %s", convert.SERVICE_NAME, self.address)
 
     def _bind_and_publish(self, directory: str) -> tuple[grpc.Server, os.stat_result]:
-        tmp = os.path.join(directory, f".pysnap-{os.getpid():x}-{id(self) & 0xFFFF:x}")
+        # A temporary name no longer than the address where it can be (a random
+        # one of 7 characters or more), so any address that fits has room for it.
+        name_length = max(7, len(os.fsencode(os.path.basename(self.address))))
+        tmp = os.path.join(directory, "." + secrets.token_hex(name_length)[: name_length - 1])
         if len(os.fsencode(tmp)) > _SUN_PATH_MAX:
             tmp = self.address  # no room for a temporary name: a stale socket goes first
         with contextlib.suppress(FileNotFoundError):
@@ -113,14 +118,14 @@ class SnapshotServer:
         server.add_generic_rpc_handlers((generic_handler(self._sn),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         try:
-            bound = server.add_insecure_port(f"unix:{tmp}")
+            bound = server.add_insecure_port(convert.unix_target(tmp))
         except RuntimeError as e:  # grpc says only "Failed to bind"
             raise OSError(errno.EADDRNOTAVAIL, f"cannot bind the socket: {e}", tmp) from None
         if bound == 0:
             raise OSError(errno.EADDRNOTAVAIL, "cannot bind the socket", tmp)
-        server.start()
         try:
-            os.chmod(tmp, 0o600)
+            os.chmod(tmp, 0o600)  # before it serves: bound in place, it is the address
+            server.start()
             os.rename(tmp, self.address)  # replaces a stale socket in one step
             return server, os.stat(self.address)
         except BaseException:
@@ -165,8 +170,7 @@ class SnapshotServer:
 
 def _lock_address(address: str) -> int:
     """The descriptor of an flock on ``<address>.lock``; AlreadyExistsError if a server holds it."""
-    path = f"{address}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    fd = _open_lock_file(f"{address}.lock")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -176,6 +180,22 @@ def _lock_address(address: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _open_lock_file(path: str) -> int:
+    """Open the lock file, made if absent. Read-only, 0644 and never O_CREAT on an
+    existing one: a later server of another user (the file stays) can open it, even
+    in a sticky /tmp, where fs.protected_regular refuses O_CREAT on another's file."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # a FIFO: no wait
+    while True:
+        try:
+            return os.open(path, flags)
+        except FileNotFoundError:
+            pass
+        try:
+            return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:  # made meanwhile by another server: open that one
+            continue
 
 
 def _refuse_live(path: str) -> None:
