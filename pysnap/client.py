@@ -17,6 +17,7 @@ through ``mounts()``, as containerd's applier does.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -36,8 +37,9 @@ Labels = Mapping[str, str] | None
 Progress = Callable[[int, int], object] | None
 
 
-#: The URI schemes of grpc's resolvers: an address that starts with one is a grpc target.
-_GRPC_SCHEMES = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:", "vsock:")
+#: grpc targets: any ``scheme://...`` URI (``dns:///``, ``passthrough:///``...), or
+#: the schemes grpc also takes without ``//`` (``unix:path``, ``ipv4:addr``...).
+_GRPC_TARGET = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://|(unix|unix-abstract|dns|ipv4|ipv6|vsock):")
 
 
 def target_of(address: str | os.PathLike[str]) -> str:
@@ -48,7 +50,7 @@ def target_of(address: str | os.PathLike[str]) -> str:
     else (``host:port``) goes to grpc as it is.
     """
     address = os.fspath(address)
-    if address.startswith(_GRPC_SCHEMES):
+    if _GRPC_TARGET.match(address):
         return address
     if "/" in address or _is_socket(address):
         return convert.unix_target(os.path.abspath(address))

@@ -573,6 +573,9 @@ def test_addresses_are_socket_paths_as_ctr_reads_them(
     assert target_of("localhost:5000") == "localhost:5000"  # a grpc target as it is
     assert target_of("unix:/run/x.sock") == "unix:/run/x.sock"
     assert target_of("dns:///h:1") == "dns:///h:1"
+    assert target_of("passthrough:///x/y") == "passthrough:///x/y"
+    assert target_of("ipv4:127.0.0.1:5") == "ipv4:127.0.0.1:5"
+    assert target_of("a:b/s.sock") == f"unix:{tmp_path}/a%3Ab/s.sock"  # a path, quoted for grpc
     assert target_of("s.sock") == "s.sock"  # no such socket here: a name
     sock = socket.socket(socket.AF_UNIX)
     sock.bind("s.sock")
