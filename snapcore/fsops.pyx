@@ -2268,15 +2268,17 @@ cdef class _TarWriter:
                 if self._push(fd) < 0:
                     return -1
                 continue
-            if c.S_ISREG(st.st_mode):
-                if st.st_nlink > 1:
-                    if self._link_of(&st, &first) < 0:
+            if c.S_ISSOCK(st.st_mode):
+                continue                 # tar has no sockets (neither has containerd's diff)
+            if st.st_nlink > 1:  # of any type, as containerd's: symlinks, fifos, devices too
+                if self._link_of(&st, &first) < 0:
+                    return -1
+                if first != NULL:
+                    if self._header(c'1', self.path.p, self.path.len, first, strlen(first),
+                                    &st, 0, False) < 0:
                         return -1
-                    if first != NULL:
-                        if self._header(c'1', self.path.p, self.path.len, first, strlen(first),
-                                        &st, 0, False) < 0:
-                            return -1
-                        continue
+                    continue
+            if c.S_ISREG(st.st_mode):
                 fd = c.openat(dfd, name, c.O_RDONLY | c.O_NOFOLLOW | c.O_CLOEXEC | c.O_NOATIME)
                 if fd < 0 and errno.errno == errno.EPERM:
                     fd = c.openat(dfd, name, c.O_RDONLY | c.O_NOFOLLOW | c.O_CLOEXEC)
@@ -2290,8 +2292,6 @@ cdef class _TarWriter:
                     return -1
                 c.close(fd)
                 continue
-            if c.S_ISSOCK(st.st_mode):
-                continue                 # tar has no sockets (neither has containerd's diff)
             snprintf(lpath, sizeof(lpath), "/proc/self/fd/%d/%s", dfd, name)
             if self._xattrs(-1, lpath) < 0:
                 return -1
@@ -2325,7 +2325,7 @@ def write_tar(int root_fd, sink):
     directory before its contents); character devices 0/0 become ``.wh.NAME``,
     ``trusted.overlay.opaque=y`` a ``.wh..wh..opq`` entry after its directory;
     other ``trusted.overlay.*`` xattrs are dropped; hard links inside the tree
-    are tar hard links to the first path. ustar headers with numeric owners,
+    (of any type but directories) are tar hard links to the first path. ustar headers with numeric owners,
     PAX records only where needed (names over 100 bytes, big numbers, mtime
     nanoseconds when not zero, xattrs). Returns the number of entries.
     Raises UpperError (redirect_dir/metacopy xattrs, a tree changed meanwhile),

@@ -448,6 +448,12 @@ def test_apply_of_diff_reproduces_the_mounted_tree(sn, tmp_path: Path) -> None:
         (mnt / "b").mkdir()
         (mnt / "b/again").write_bytes(b"again")
         os.link(mnt / "a/new", mnt / "hard")
+        # hard links of every other type too, as containerd writes them
+        os.symlink("a/new", mnt / "sl")
+        os.mkfifo(mnt / "fifo")
+        os.mknod(mnt / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        for name in ("sl", "fifo", "null"):
+            os.link(mnt / name, mnt / f"{name}-link", follow_symlinks=False)
         os.utime(mnt / "a/y", ns=(5, 1_500_000_000_123_456_789))
         expected = tree_state(mnt)
     finally:
@@ -455,6 +461,12 @@ def test_apply_of_diff_reproduces_the_mounted_tree(sn, tmp_path: Path) -> None:
     layer = sn.diff("work", tmp_path / "layer.tar.gz")
     sn.prepare("copy", "b0")
     assert sn.apply("copy", tmp_path / "layer.tar.gz").diff_id == layer.diff_id
+    for name in ("hard", "sl", "fifo", "null"):
+        first, second = (
+            os.lstat(upper(sn, "copy") / n)
+            for n in (name, f"{name}-link" if name != "hard" else "a/new")
+        )
+        assert (first.st_ino, first.st_nlink) == (second.st_ino, 2), name
     sn.view("v", "b0")
     pysnap.mount_all(sn.prepare("check", "b0"), mnt)
     pysnap.unmount(mnt)
