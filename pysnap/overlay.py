@@ -337,13 +337,18 @@ class OverlaySnapshotter:
         Raises NotFoundError, or FailedPreconditionError ("cannot remove
         snapshot with child").
         """
-        with self._ms.transaction() as tx:
-            sid = storage.get_info(tx, key)[0]
-        with (
-            guard.exclusive(self._dirs.dir(sid), "remove", key, shared=True),
-            self._ms.transaction(write=True) as tx,
-        ):
-            sid, _ = storage.remove(tx, key)
+        while True:
+            with self._ms.transaction() as tx:
+                sid = storage.get_info(tx, key)[0]
+            with (
+                guard.exclusive(self._dirs.dir(sid), "remove", key, shared=True),
+                self._ms.transaction(write=True) as tx,
+            ):
+                # The lock is the directory's: a key removed and made again
+                # meanwhile is another snapshot, whose lock must be taken.
+                if storage.get_info(tx, key)[0] == sid:
+                    storage.remove(tx, key)
+                    break
         if not self._async_remove:
             self._remove_dirs([self._dirs.dir(sid)])
 
@@ -371,10 +376,28 @@ class OverlaySnapshotter:
             snap = storage.get_snapshot(tx, key)
         if snap.kind != Kind.ACTIVE:
             raise FailedPreconditionError(f"apply {key!r}: snapshot is not active")
+
+        def still_active() -> None:
+            # Under the lock, which a commit or remove that ran since the read
+            # above no longer holds: is it the same ACTIVE snapshot?
+            with self._ms.transaction() as tx:
+                now = storage.get_snapshot(tx, key)  # NotFoundError once committed
+            if now.id != snap.id or now.kind != Kind.ACTIVE:
+                raise FailedPreconditionError(
+                    f"apply {key!r}: the snapshot was removed and made again meanwhile"
+                )
+
         lowers = [self._dirs.upper(p) for p in snap.parent_ids]
         sync = self._sync if sync is None else sync
         return apply_to_snapshot(
-            key, self._dirs.dir(snap.id), lowers, layer, diff_id=diff_id, sync=sync, force=force
+            key,
+            self._dirs.dir(snap.id),
+            lowers,
+            layer,
+            diff_id=diff_id,
+            sync=sync,
+            force=force,
+            still_active=still_active,
         )
 
     def diff(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -250,6 +251,55 @@ def test_apply_excludes_commit_and_remove(sn) -> None:
         t.join()
     assert isinstance(done[0], pysnap.Layer)
     sn.commit("c", "k")
+
+
+def test_a_commit_between_apply_s_read_and_its_lock_is_seen(sn, monkeypatch) -> None:
+    # The window between apply's read of the record and its lock: a commit that
+    # runs there entirely must not leave the apply writing into the committed layer.
+    import pysnap.archive.apply as apply_module
+
+    real = apply_module.guard.exclusive
+
+    def commit_first(snapshot_dir: str, op: str, key: str, **kw: bool):  # type: ignore[no-untyped-def]
+        if op == "apply":
+            sn.commit("layer", key)
+        return real(snapshot_dir, op, key, **kw)
+
+    sn.prepare("k")
+    monkeypatch.setattr(apply_module.guard, "exclusive", commit_first)
+    with pytest.raises(NotFoundError):
+        sn.apply("k", io.BytesIO(tar(file("late.txt"))))
+    monkeypatch.undo()
+    assert os.listdir(upper(sn, "layer")) == []
+    assert sn.usage("layer").inodes == 1
+
+
+def test_a_remove_locks_the_snapshot_it_removes(sn, monkeypatch) -> None:
+    # remove read k's id, then k was removed, made again and an apply of the new
+    # one began: that apply's lock holds, and the new k stays.
+    import pysnap.overlay as overlay_module
+
+    real = overlay_module.guard.exclusive
+    held = contextlib.ExitStack()
+    raced: list[bool] = []
+
+    def replace_first(snapshot_dir: str, op: str, key: str, **kw: bool):  # type: ignore[no-untyped-def]
+        if op == "remove" and not raced:
+            raced.append(True)
+            sn.remove(key)
+            sn.prepare(key)
+            new_dir = os.path.dirname(upper(sn, key))
+            held.enter_context(real(new_dir, "apply", key))  # as a running apply holds it
+        return real(snapshot_dir, op, key, **kw)
+
+    sn.prepare("k")
+    monkeypatch.setattr(overlay_module.guard, "exclusive", replace_first)
+    with held, pytest.raises(FailedPreconditionError, match="busy"):
+        sn.remove("k")
+    monkeypatch.undo()
+    assert raced and sn.stat("k").kind == pysnap.Kind.ACTIVE
+    assert os.path.isdir(upper(sn, "k"))
+    sn.remove("k")
 
 
 def test_killed_apply_leaves_a_mark(sn, tmp_path: Path) -> None:

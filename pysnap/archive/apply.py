@@ -17,7 +17,7 @@ import io
 import logging
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from snapcore import fsops
@@ -77,8 +77,14 @@ def apply_to_snapshot(
     diff_id: str | None,
     sync: bool,
     force: bool,
+    still_active: Callable[[], None],
 ) -> Layer:
-    """Apply ``layer`` into ``snapshot_dir/fs`` (lowers nearest first): OverlaySnapshotter.apply."""
+    """Apply ``layer`` into ``snapshot_dir/fs`` (lowers nearest first): OverlaySnapshotter.apply.
+
+    ``still_active`` raises unless the snapshot is still the ACTIVE one read
+    before: it runs once the lock is held, so a commit or remove that came
+    in between is seen, and a committed layer is never written.
+    """
     upper = f"{snapshot_dir}/fs"
     if not force:
         users = mountinfo.users_of(upper)
@@ -89,6 +95,7 @@ def apply_to_snapshot(
                 "to an upper directory while it is mounted)"
             )
     with guard.exclusive(snapshot_dir, "apply", key):
+        still_active()
         guard.refuse_interrupted(snapshot_dir, "apply", key)
         was_empty = _is_empty(upper)
         with guard.marked(snapshot_dir):
