@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -376,3 +377,27 @@ def test_owner_alive() -> None:
     assert not owner.Owner(me.boot_id, int(child.stdout), me.start).alive()
     assert not owner.Owner("another-boot", me.pid, me.start).alive()
     assert owner.Owner.parse("not a token") is None
+    old_token = owner.Owner.parse(f"{me.boot_id}.{me.pid}.{me.start}")  # before pid_ns was kept
+    assert old_token is not None and old_token.pid_ns is None and old_token.alive()
+
+
+@pytest.mark.root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="no unshare(1) (util-linux)")
+def test_an_owner_in_another_pid_namespace_counts_as_running() -> None:
+    # Its pid (1 there) means another process here, or none: never judge it dead.
+    code = "from pysnap import owner; print(owner.current(), flush=True); input()"
+    child = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        theirs = owner.Owner.parse(child.stdout.readline().strip())
+    finally:
+        child.communicate("\n", timeout=30)
+    me = owner.current()
+    assert theirs is not None and theirs.pid_ns != me.pid_ns and theirs.pid == 1
+    assert theirs.alive()
+    assert not owner.Owner(me.boot_id, theirs.pid, theirs.start, me.pid_ns).alive()

@@ -178,7 +178,8 @@ def remove_stale_extracts(sn: OverlaySnapshotter) -> list[str]:
         who = owner.Owner.parse(info.labels.get(OWNER_LABEL, ""))
         if who is None or who.alive() or not info.name.startswith(EXTRACT_PREFIX):
             continue
-        with contextlib.suppress(NotFoundError):  # another unpack removed it first
+        # Removed first by another unpack; or busy: its owner applies it after all.
+        with contextlib.suppress(NotFoundError, FailedPreconditionError):
             sn.remove(info.name)
             removed.append(info.name)
     return removed
