@@ -151,10 +151,10 @@ def give_lower_metadata(upper: str, lowers: list[str], paths: list[str]) -> None
             continue  # no lower has it: the apply's defaults stand
         lower, st = found
         _copy_xattrs(lower, upper, path)
-        fd, name = _open_parent(upper, path)
+        fd = _open_dir(upper, path)  # by its descriptor: chmod by name follows a symlink
         try:
-            os.chown(name, st.st_uid, st.st_gid, dir_fd=fd, follow_symlinks=False)
-            os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=fd)
-            os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=fd, follow_symlinks=False)
+            os.fchown(fd, st.st_uid, st.st_gid)
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
         finally:
             os.close(fd)
