@@ -2086,6 +2086,10 @@ cdef class _TarWriter:
                     v = c.fgetxattr(fd, s, key, 2) if fd >= 0 else c.lgetxattr(lpath, s, key, 2)
                     self.opaque = v == 1 and key[0] == c'y'
                 continue
+            # Not in a layer: trusted.* (no apply sets them, ours included) and the
+            # host's SELinux label (the same change would differ by host and context).
+            if strncmp(s, "trusted.", 8) == 0 or strcmp(s, "security.selinux") == 0:
+                continue
             while True:
                 v = c.fgetxattr(fd, s, NULL, 0) if fd >= 0 else c.lgetxattr(lpath, s, NULL, 0)
                 if v < 0:
@@ -2324,7 +2328,7 @@ def write_tar(int root_fd, sink):
     Overlay's native diff: one sorted walk (names compared as bytes, a
     directory before its contents); character devices 0/0 become ``.wh.NAME``,
     ``trusted.overlay.opaque=y`` a ``.wh..wh..opq`` entry after its directory;
-    other ``trusted.overlay.*`` xattrs are dropped; hard links inside the tree
+    other ``trusted.*`` xattrs and ``security.selinux`` are left out; hard links inside the tree
     (of any type but directories) are tar hard links to the first path. ustar headers with numeric owners,
     PAX records only where needed (names over 100 bytes, big numbers, mtime
     nanoseconds when not zero, xattrs). Returns the number of entries.

@@ -537,6 +537,25 @@ def test_apply_of_diff_reproduces_the_mounted_tree(sn, tmp_path: Path) -> None:
     }
 
 
+def test_diff_leaves_out_trusted_and_selinux_xattrs(sn) -> None:
+    sn.prepare("k")
+    f = upper(sn, "k") / "f"
+    f.write_bytes(b"x")
+    xattrs = {"user.k": b"v", "security.capability": b"\x01\x00\x00\x02" + bytes(16)}
+    for name, value in {**xattrs, "trusted.k": b"t", "security.selinux": b"x_u:x_r:x_t:s0"}.items():
+        os.setxattr(f, name, value)
+    out = io.BytesIO()
+    sn.diff("k", out, compression=None)
+    out.seek(0)
+    (member,) = [m for m in tarfile.open(fileobj=out) if m.name == "f"]
+    got = {
+        k.removeprefix("SCHILY.xattr."): v
+        for k, v in member.pax_headers.items()
+        if k.startswith("SCHILY.xattr.")
+    }
+    assert got == {k: v.decode("latin-1") for k, v in xattrs.items()}
+
+
 def test_diff_refuses_redirect_dir_uppers(sn) -> None:
     sn.prepare("k")
     d = upper(sn, "k") / "moved"
