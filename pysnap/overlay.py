@@ -382,7 +382,7 @@ class OverlaySnapshotter:
             # above no longer holds: is it the same ACTIVE snapshot?
             with self._ms.transaction() as tx:
                 now = storage.get_snapshot(tx, key)  # NotFoundError once committed
-            if now.id != snap.id or now.kind != Kind.ACTIVE:
+            if now.id != snap.id:  # a key never changes kind: commit makes a new key
                 raise FailedPreconditionError(
                     f"apply {key!r}: the snapshot was removed and made again meanwhile"
                 )

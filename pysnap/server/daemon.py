@@ -146,6 +146,7 @@ class SnapshotServer:
         self._unlink_own_socket()
         stopped.wait()
         os.close(self._lock)  # the next server may start
+        self._lock = -1
         log.info("stopped serving on %s", self.address)
 
     def _unlink_own_socket(self) -> None:
