@@ -26,10 +26,11 @@ RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$
 
 
 def test_human_size() -> None:
+    # ctr's progress.Bytes: "%02.1f %s", bytes included
     assert [human_size(n) for n in (0, 512, 1023, 1024, 1536, 5 * 2**30)] == [
-        "0 B",
-        "512 B",
-        "1023 B",
+        "0.0 B",
+        "512.0 B",
+        "1023.0 B",
         "1.0 KiB",
         "1.5 KiB",
         "5.0 GiB",
@@ -63,6 +64,9 @@ def test_root_default_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ["prepare", "k", "--label", "x"],
         ["du"],
         ["usage", "--no-such-option"],
+        ["--map-size", "18446744073709551616", "ls"],
+        ["--map-size", "0", "ls"],
+        ["--root", "", "ls"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

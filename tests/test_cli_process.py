@@ -7,7 +7,9 @@ import json
 import os
 import re
 import signal
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_helpers import Run, sub
@@ -50,6 +52,33 @@ def test_subprocess_main_flow(tmp_path: Path) -> None:
     assert p.returncode == 2
     p = sub("du", str(tmp_path / "nope"), env=env)
     assert p.returncode == 7
+
+
+def test_closed_standard_streams(tmp_path: Path) -> None:
+    # Python gives a closed descriptor's stream as None: no traceback, the right code.
+    env = {**os.environ, "PYSNAP_ROOT": str(tmp_path / "root")}
+    assert sub("prepare", "a", env=env).returncode == 0
+
+    def closed(fd: int, *argv: str) -> subprocess.CompletedProcess[str]:
+        streams: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        streams[("stdin", "stdout", "stderr")[fd]] = subprocess.DEVNULL
+        return subprocess.run(
+            [*pysnap_command(), *argv],
+            **streams,
+            text=True,
+            env=env,
+            timeout=60,
+            preexec_fn=lambda: os.close(fd),
+        )
+
+    assert closed(2, "info", "nope").returncode == 3  # the error is lost, not its code
+    assert closed(2, "bogus").returncode == 2
+    for argv in (["ls"], ["--json", "ls"], ["diff", "a", "-"]):
+        p = closed(1, *argv)
+        assert p.returncode == 7 and "Bad file descriptor: '<stdout>'" in p.stderr, argv
+    p = closed(0, "apply", "a", "-")
+    assert p.returncode == 7 and "Bad file descriptor: '<stdin>'" in p.stderr
+    assert "Traceback" not in p.stderr
 
 
 # ------------------------------------------------------- mounts, as root

@@ -194,11 +194,13 @@ def test_remote_mode_runs_the_snapshot_commands(
         assert main([*remote_args, "rm", "c"]) == 5  # has a child: failed precondition
         assert main([*remote_args, "info", "nope"]) == 3  # not found, from the status code
         assert main([*remote_args, "rm", "v", "c"]) == 0
-        assert main([*remote_args, "cleanup"]) == 0
+        capsys.readouterr()
+        assert main([*remote_args, "cleanup", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == {"dry_run": False, "removed": None}
         assert main([*remote_args, "cleanup", "--dry-run"]) == 12  # the RPC has no dry run
         assert served.walk() == []
         assert served.backend.walk() == []
-        assert main([*remote_args, "serve", "--print-config"]) == 6  # serve is local only
+        assert main([*remote_args, "serve", "--print-config"]) == 2  # serve is local only
 
 
 def test_remote_namespace_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -565,6 +565,16 @@ def test_diff_refuses_redirect_dir_uppers(sn) -> None:
         sn.diff("k", io.BytesIO())
 
 
+@pytest.mark.parametrize(
+    ("compression", "level"), [("zstd", 0), ("zstd", 23), ("gzip", 4), ("gzip", -1), (None, 5)]
+)
+def test_diff_level_out_of_range_is_invalid(sn, tmp_path: Path, compression, level) -> None:
+    sn.prepare("k")
+    with pytest.raises(InvalidArgumentError, match="takes"):
+        sn.diff("k", tmp_path / "out", compression=compression, level=level)
+    assert os.listdir(tmp_path) == ["root"]  # nothing written
+
+
 def test_diff_bad_compression(sn) -> None:
     sn.prepare("k")
     with pytest.raises(InvalidArgumentError):

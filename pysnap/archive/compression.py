@@ -28,8 +28,12 @@ from ..errors import InvalidArgumentError
 _gzip_lib: types.ModuleType
 try:  # the layers extra
     from isal import isal_zlib as _gzip_lib
+
+    _GZIP_LEVELS = range(4)
 except ImportError:  # pragma: no cover - without the extra
     _gzip_lib = zlib
+    _GZIP_LEVELS = range(10)
+_LEVELS = {"gzip": _GZIP_LEVELS, "zstd": range(1, 23)}
 
 MEDIA_TAR = "application/vnd.oci.image.layer.v1.tar"
 MEDIA_GZIP = MEDIA_TAR + "+gzip"
@@ -159,7 +163,13 @@ def compressor(compression: str | None, level: int | None) -> Callable[[Buffer],
     """A function compressing successive pieces; called with b"" last, to flush. None: none.
 
     gzip levels are ISA-L's 0-3 (default 2; zlib's 0-9 without isal), zstd's 1-22 (3).
+    Raises ValueError for a level out of range, or one given without compression.
     """
+    if level is not None:
+        levels = _LEVELS.get(compression or "")
+        if levels is None or type(level) is not int or level not in levels:
+            takes = "no level" if levels is None else f"levels {levels[0]} to {levels[-1]}"
+            raise ValueError(f"{compression or 'no compression'} takes {takes}")
     if compression is None:
         return None
     if compression == "gzip":

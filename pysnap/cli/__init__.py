@@ -34,6 +34,7 @@ from ._output import (
     EXIT_USAGE,
     UsageError,
     fail,
+    guard_standard_streams,
     human_size,
     report,
     rfc3339,
@@ -74,14 +75,22 @@ class _Parser(argparse.ArgumentParser):
         raise _ParserError(self, message)
 
 
-def _positive_int(text: str) -> int:
+def _map_size(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of bytes")
+    if not 0 < value <= sys.maxsize:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of bytes from 1 to {sys.maxsize}"
+        )
     return value
+
+
+def _root(text: str) -> str:
+    if not text:  # `--root "$UNSET"` would make a store in the working directory
+        raise argparse.ArgumentTypeError("the root must not be empty")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,12 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--root",
+        type=_root,
         default=root_default,
         help=f"snapshotter root (default: $PYSNAP_ROOT or {DEFAULT_ROOT}; now {root_default})",
     )
     parser.add_argument(
         "--map-size",
-        type=_positive_int,
+        type=_map_size,
         metavar="BYTES",
         help="the metadata store's map size (default 32 GiB; raise it after a map-full error)",
     )
@@ -141,6 +151,7 @@ def _interrupted(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pysnap`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    guard_standard_streams()
     argv = sys.argv[1:] if argv is None else list(argv)
     early = argparse.Namespace(json=_wants_json(argv))  # until the arguments are parsed
     try:

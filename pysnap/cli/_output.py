@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import shlex
@@ -59,14 +60,52 @@ def _printable_doc(doc: Any) -> Any:
     return doc
 
 
+class _ClosedStream:
+    """Stands for a standard stream closed when pysnap started (``pysnap ls >&-``):
+    using it fails as writing to a closed descriptor does (EBADF), as cat reports."""
+
+    def __init__(self, name: str) -> None:
+        self.name = f"<{name}>"
+
+    def _closed(self, *args: object) -> Any:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF), self.name)
+
+    write = read = readinto = readline = fileno = _closed
+
+    @property
+    def buffer(self) -> _ClosedStream:
+        return self
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def guard_standard_streams() -> None:
+    """Put /dev/null on any of descriptors 0-2 that is closed, so no file pysnap opens
+    lands there (lmdb's lock file as stderr), and stand in for its Python stream:
+    stdin and stdout refuse use; stderr drops what it is given (the exit code tells)."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        if null != fd:
+            os.dup2(null, fd, inheritable=False)
+            os.close(null)
+        stream: Any = open(fd, "w", closefd=False) if fd == 2 else _ClosedStream(name)
+        setattr(sys, name, stream)
+
+
 def human_size(n: int) -> str:
-    """Bytes as ctr prints them: ``512 B``, ``4.0 KiB``, ``1.5 GiB``."""
-    if n < 1024:
-        return f"{n} B"
+    """Bytes as ctr prints them (progress.Bytes, ``%02.1f``): ``512.0 B``, ``1.5 GiB``."""
     value = float(n)
-    units = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
     i = 0
-    value /= 1024
     while value >= 1024 and i < len(units) - 1:
         value /= 1024
         i += 1

@@ -6,8 +6,9 @@ import argparse
 import logging
 import os
 
-from ..errors import InvalidArgumentError, UnimplementedError
+from ..errors import UnimplementedError
 from ._common import AddCommand
+from ._output import UsageError
 
 DEFAULT_ADDRESS = "/run/pysnap/pysnap.sock"
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -71,9 +72,7 @@ def register(add: AddCommand) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     if getattr(args, "address", None):
-        raise InvalidArgumentError(
-            "--address before `serve` is the remote mode; serve a local --root"
-        )
+        raise UsageError("--address before `serve` is the remote mode; serve a local --root")
     root = os.path.abspath(args.root)
     address = os.path.abspath(args.serve_address)
     if args.print_config:

@@ -241,6 +241,8 @@ def cmd_cleanup(args: argparse.Namespace) -> None:
             if args.dry_run:
                 raise UnimplementedError("cleanup --dry-run: a remote snapshotter cannot tell")
             sn.cleanup()
+            if args.json:
+                print_json({"dry_run": False, "removed": None})  # None: not told
             return
         paths = sn.cleanup(dry_run=args.dry_run)
     if args.json:
