@@ -11,6 +11,7 @@ def disk_usage(
     threads: int | None = None,
     progress: Callable[[int, int], object] | None = None,
     progress_every: int = 16384,
+    errors: list[OSError] | None = None,
 ) -> tuple[int, int]:
     """Return (size, inodes) of the trees at `roots` together, each inode counted once.
 
@@ -33,7 +34,9 @@ def disk_usage(
     with every inode of that device in the hash set (Linux 5.8 flags a bind
     mount of the same file system; older kernels count it twice).
     `progress(entries, bytes)` is called from the calling thread about every
-    `progress_every` inodes counted, with the running totals.
+    `progress_every` inodes counted, with the running totals. `errors`, a
+    list: GNU du's way, an entry that cannot be read (a directory without
+    permission) is left out and its OSError appended, and the walk goes on.
 
     Raises:
         OSError: with errno and the full path (str or bytes, like its root)

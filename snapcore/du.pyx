@@ -251,8 +251,14 @@ cdef struct Worker:
     long pace_sleeps      # voluntary sleeps, less the waits for setlock
     long lock_waits
 
+cdef struct Skip:
+    int err
+    int root
+    char *path            # malloc'd; may be NULL
+    size_t pathlen
+
 cdef struct Walk:
-    linux.pthread_mutex_t lock     # queue, idle/busy counts, error, thread list
+    linux.pthread_mutex_t lock     # queue, idle/busy counts, error, skips, thread list
     linux.pthread_mutex_t setlock  # the InoSet and the root claims
     linux.pthread_cond_t cond
     Job *qhead
@@ -286,6 +292,10 @@ cdef struct Walk:
     int errroot
     char *errpath
     size_t errpathlen
+    bint keep_going       # du's way: an entry that cannot be read is a Skip, not the end
+    Skip *skips
+    int nskips
+    int skipcap
     PyObject *exc
     PyObject *progress
     uint64_t progress_every
@@ -371,6 +381,35 @@ cdef int _fail(Worker *w, int err, int depth, const char *extra) noexcept nogil:
     if w.job != NULL:
         p = _build_path(w, depth, extra, &n)
     return _record_error(w.wk, err, w.job.root if w.job != NULL else -1, p, n)
+
+
+cdef int _skip(Worker *w, int err, int depth, const char *extra) noexcept nogil:
+    """With keep_going, note the entry that cannot be read and go on (OK); else _fail."""
+    cdef Walk *wk = w.wk
+    cdef size_t n = 0
+    cdef char *p
+    cdef Skip *grown
+    if not wk.keep_going or err == errno.ENOMEM or w.job == NULL:
+        return _fail(w, err, depth, extra)
+    p = _build_path(w, depth, extra, &n)
+    if p == NULL:
+        return _fail(w, errno.ENOMEM, depth, extra)
+    linux.pthread_mutex_lock(&wk.lock)
+    if wk.nskips == wk.skipcap:
+        grown = <Skip *>realloc(wk.skips, sizeof(Skip) * (wk.skipcap * 2 + 8))
+        if grown == NULL:
+            linux.pthread_mutex_unlock(&wk.lock)
+            free(p)
+            return _fail(w, errno.ENOMEM, depth, extra)
+        wk.skips = grown
+        wk.skipcap = wk.skipcap * 2 + 8
+    wk.skips[wk.nskips].err = err
+    wk.skips[wk.nskips].root = w.job.root
+    wk.skips[wk.nskips].path = p
+    wk.skips[wk.nskips].pathlen = n
+    wk.nskips += 1
+    linux.pthread_mutex_unlock(&wk.lock)
+    return OK
 
 
 cdef int _fail_path(Walk *wk, int err, int root, const char *path) noexcept nogil:
@@ -683,7 +722,9 @@ cdef int _scan(Worker *w, int depth) noexcept nogil:
         if n < 0:
             if n == -errno.ENOENT or n == -errno.ESTALE:
                 break
-            return _fail(w, <int>-n, depth, NULL)
+            if _skip(w, <int>-n, depth, NULL) != OK:
+                return STOP
+            break                         # du: what was read of it counts
         if n == 0:
             break
         off = 0
@@ -702,7 +743,9 @@ cdef int _scan(Worker *w, int depth) noexcept nogil:
                 if r != 0:
                     if err == errno.ENOENT or err == errno.ESTALE:
                         continue          # vanished under us (a live upper dir)
-                    return _fail(w, err, depth, name)
+                    if _skip(w, err, depth, name) != OK:
+                        return STOP
+                    continue
             w.ticker += 1
             if w.ticker >= w.tick_at:
                 if _tick(w) != OK:
@@ -898,7 +941,7 @@ cdef int _export(Worker *w) noexcept nogil:
             return OK
         if err == errno.ENOENT or err == errno.ESTALE:
             return OK
-        return _fail(w, err, depth, name)
+        return _skip(w, err, depth, name)  # its own inode was counted in its parent
     job = <Job *>calloc(1, sizeof(Job))
     if job != NULL:
         job.path = _build_path(w, depth, name, &job.pathlen)
@@ -1019,7 +1062,9 @@ cdef int _run(Worker *w, Job *job) noexcept nogil:
         if err != 0:
             if err == errno.ENOENT or err == errno.ESTALE:
                 continue
-            status = _fail(w, err, w.top, name)
+            status = _skip(w, err, w.top, name)
+            if status == OK:
+                continue
             break
         status = _push(w, fd, k, name)
         if status == OK:
@@ -1249,6 +1294,9 @@ cdef void _free_walk(Walk *wk) noexcept nogil:
     free(wk.hashed)
     free(wk.mountdevs)
     free(wk.errpath)
+    for i in range(wk.nskips):
+        free(wk.skips[i].path)
+    free(wk.skips)
     linux.pthread_cond_destroy(&wk.cond)
     linux.pthread_mutex_destroy(&wk.setlock)
     linux.pthread_mutex_destroy(&wk.lock)
@@ -1263,7 +1311,8 @@ def _default_threads():
     return max(1, min(n, 8))
 
 
-def disk_usage(*roots, apparent=False, threads=None, progress=None, progress_every=16384):
+def disk_usage(*roots, apparent=False, threads=None, progress=None, progress_every=16384,
+               errors=None):
     """Return (size, inodes) of the trees at `roots` together, each inode counted once.
 
     containerd's fs.DiskUsage: every root is walked without following
@@ -1285,7 +1334,9 @@ def disk_usage(*roots, apparent=False, threads=None, progress=None, progress_eve
     with every inode of that device in the hash set (Linux 5.8 flags a bind
     mount of the same file system; older kernels count it twice).
     `progress(entries, bytes)` is called from the calling thread about every
-    `progress_every` inodes counted, with the running totals.
+    `progress_every` inodes counted, with the running totals. `errors`, a
+    list: GNU du's way, an entry that cannot be read (a directory without
+    permission) is left out and its OSError appended, and the walk goes on.
 
     Raises:
         OSError: with errno and the full path (str or bytes, like its root)
@@ -1312,16 +1363,21 @@ def disk_usage(*roots, apparent=False, threads=None, progress=None, progress_eve
         raise ValueError(f"progress_every must be at least 1, not {progress_every}")
     if progress is not None and not callable(progress):
         raise TypeError("progress must be callable")
+    if errors is not None and not isinstance(errors, list):
+        raise TypeError("errors must be a list")
     roots = tuple(os.fspath(r) for r in roots)
     sts = [os.lstat(r) for r in roots]        # a missing root: FileNotFoundError
     if not roots:
         return (0, 0)
-    walk = _WalkArgs(roots, sts, apparent, nthreads, adaptive, progress, progress_every)
+    walk = _WalkArgs(roots, sts, apparent, nthreads, adaptive, progress, progress_every,
+                     errors is not None)
     while True:
         # A restart (a file system reached through two mount roots) hashes every
         # inode of its device from then on; there are only so many devices.
         dev = walk.run(hashed)
         if dev is None:
+            if errors is not None:
+                errors.extend(walk.skipped)  # the last run's: a restart walks again
             return (walk.size, walk.inodes)
         hashed.append(dev)
 
@@ -1338,11 +1394,13 @@ cdef class _WalkArgs:
     cdef object progress
     cdef uint64_t progress_every
     cdef uint64_t next_progress
+    cdef bint keep_going
     cdef readonly uint64_t size
     cdef readonly uint64_t inodes
+    cdef readonly list skipped
 
     def __cinit__(self, tuple roots, list sts, apparent, int nthreads, bint adaptive,
-                  progress, uint64_t progress_every):
+                  progress, uint64_t progress_every, bint keep_going):
         self.roots = roots
         self.sts = sts
         self.paths = [os.fsencode(r) for r in roots]
@@ -1353,6 +1411,8 @@ cdef class _WalkArgs:
         self.progress = progress
         self.progress_every = progress_every
         self.next_progress = progress_every
+        self.keep_going = keep_going
+        self.skipped = []
 
     def run(self, list hashed):
         """Walk every root; None when done, or the device to hash on a restart."""
@@ -1376,6 +1436,7 @@ cdef class _WalkArgs:
         linux.pthread_cond_init(&wk.cond, NULL)
         try:
             wk.apparent = self.apparent
+            wk.keep_going = self.keep_going
             wk.adaptive = adaptive
             wk.maxthreads = nthreads
             wk.cpu_threads = nthreads if adaptive else MAX_THREADS
@@ -1436,9 +1497,13 @@ cdef class _WalkArgs:
                 Py_XDECREF(wk.exc)
                 wk.exc = NULL
             elif err:
-                path = wk.errpath[:wk.errpathlen] if wk.errpath != NULL else b""
-                if 0 <= wk.errroot < n and not isinstance(roots[wk.errroot], bytes):
-                    path = os.fsdecode(path)
+                path = _error_path(roots, wk.errroot, wk.errpath, wk.errpathlen)
+            self.skipped = [
+                OSError(wk.skips[j].err, os.strerror(wk.skips[j].err),
+                        _error_path(roots, wk.skips[j].root, wk.skips[j].path,
+                                    wk.skips[j].pathlen))
+                for j in range(wk.nskips)
+            ]
             with nogil:
                 _free_walk(wk)
             free(ra)
@@ -1453,6 +1518,12 @@ cdef class _WalkArgs:
         self.size = size
         self.inodes = inodes
         return None
+
+
+cdef object _error_path(tuple roots, int root, const char *path, size_t n):
+    """An error's path, str or bytes like its root."""
+    p = path[:n] if path != NULL else b""
+    return os.fsdecode(p) if 0 <= root < len(roots) and not isinstance(roots[root], bytes) else p
 
 
 def supports_d_type(path):

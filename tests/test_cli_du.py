@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -10,8 +12,9 @@ from pathlib import Path
 
 from cli_helpers import Run, gnu_du, jrun
 from interrupts import pysnap_command
+from privileges import unprivileged
 
-from pysnap.cli import human_size
+from pysnap.cli import human_size, main
 
 
 def test_du_agrees_with_gnu_du(run: Run, du_tree: Path) -> None:
@@ -108,3 +111,25 @@ def test_python_dash_m(tmp_path: Path, du_tree: Path) -> None:
     )
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)[0]["path"] == str(du_tree)
+
+
+def test_du_reports_an_unreadable_directory_and_prints_the_rest(public_tmp: Path) -> None:
+    # GNU du's way: the directory is named, the total of the rest still printed.
+    top = public_tmp / "t"
+    (top / "closed").mkdir(parents=True)
+    (top / "closed" / "f").write_bytes(b"x" * 50_000)
+    (top / "open").mkdir()
+    (top / "open" / "g").write_bytes(b"y" * 5_000)
+    os.chmod(top / "closed", 0o000)
+
+    def du_as_user() -> tuple[int, str, str, int]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["--json", "du", "-b", str(top)])
+        gnu = subprocess.run(["du", "-s", "--block-size=512", str(top)], capture_output=True)
+        return code, out.getvalue(), err.getvalue(), int(gnu.stdout.split(b"\t")[0]) * 512
+
+    code, out, err, gnu_size = unprivileged(du_as_user)  # type: ignore[misc]
+    assert code == 7
+    assert json.loads(err)["error"]["message"].endswith(f"Permission denied: '{top}/closed'")
+    assert [(d["path"], d["size"]) for d in json.loads(out)] == [(str(top), gnu_size)]

@@ -323,6 +323,38 @@ def test_unreadable_directory_raises_permission_error(public_tmp: Path, name: st
     assert e.value.filename == str(locked / "inner")
 
 
+@pytest.mark.parametrize("name", ["threads1", "threads4", "default"])
+def test_with_an_errors_list_what_cannot_be_read_is_left_out_as_gnu_du_does(
+    public_tmp: Path, name: str
+) -> None:
+    fn = IMPLS[name]
+    top = public_tmp / "t"
+    make_files(top, 20, 30)
+    closed = top / "d0013" / "closed"  # not readable: its contents are left out
+    unsearchable = top / "d0007" / "unsearchable"  # listable: its entries cannot be stat'd
+    for d in (closed, unsearchable):
+        (d / "inner").mkdir(parents=True)
+        (d / "f").write_bytes(b"x" * 50_000)
+    os.chmod(closed, 0o000)
+    os.chmod(unsearchable, 0o644)
+
+    def both() -> tuple[tuple[int, int], list[OSError], tuple[int, int]]:
+        errors: list[OSError] = []
+        got = fn(top, errors=errors)
+
+        def gnu(*opts: str) -> int:  # du exits 1 here, and still prints its total
+            out = subprocess.run(["du", "-s", *opts, str(top)], capture_output=True).stdout
+            return int(out.split(b"\t")[0])
+
+        return got, errors, (gnu("--block-size=512") * 512, gnu("--inodes"))
+
+    got, errors, want = unprivileged(both)  # type: ignore[misc]
+    assert got == want
+    assert sorted((e.errno, e.filename) for e in errors) == sorted(
+        (errno.EACCES, str(p)) for p in (closed, unsearchable / "f", unsearchable / "inner")
+    )
+
+
 def test_errors_leak_no_fds(public_tmp: Path) -> None:
     top = public_tmp / "t"
     make_files(top, 30, 20)

@@ -29,26 +29,33 @@ def register(add: AddCommand) -> None:
 
 
 def cmd_du(args: argparse.Namespace) -> int:
-    """Measure each path; like GNU du, one that fails is reported, the others still
-    print, and the exit code is the first failure's."""
+    """Measure each path; like GNU du, what cannot be read is reported and left out
+    (a directory without permission; a path that fails whole), the rest still
+    prints, and the exit code is the first failure's."""
     from snapcore.du import disk_usage
 
     code = EXIT_OK
     results: list[tuple[str, Usage]] = []
     for path in args.paths:
         progress = progress_for(f"du {path}")
+        unread: list[OSError] = []
         try:
             if progress is None:
-                size, inodes = disk_usage(path)
+                size, inodes = disk_usage(path, errors=unread)
             else:
-                size, inodes = disk_usage(path, progress=progress, progress_every=DU_PROGRESS_EVERY)
+                size, inodes = disk_usage(
+                    path, progress=progress, progress_every=DU_PROGRESS_EVERY, errors=unread
+                )
         except OSError as e:
-            failed = report(args, args.command, e)
-            code = code or failed  # every failure reported; the first one's code
-            continue
+            unread.append(e)
+            size = -1
         finally:
             clear_progress()
-        results.append((path, Usage(size, inodes)))
+        for e in unread:
+            failed = report(args, args.command, e)
+            code = code or failed  # every failure reported; the first one's code
+        if size >= 0:
+            results.append((path, Usage(size, inodes)))
     if args.json:
         print_json([{"path": p, "size": u.size, "inodes": u.inodes} for p, u in results])
     elif results:
