@@ -414,15 +414,18 @@ class OverlaySnapshotter:
         end) or a binary file. ``compression``: "gzip", "zstd" or None.
         Same tree, same pysnap and compression library: same bytes. Raises
         NotFoundError, FailedPreconditionError (a VIEW; an upper written
-        with redirect_dir or metacopy), InvalidArgumentError, OSError.
+        with redirect_dir or metacopy; an apply of it running),
+        InvalidArgumentError, OSError.
         """
         with self._ms.transaction() as tx:
             snap = storage.get_snapshot(tx, key)
         if snap.kind == Kind.VIEW:
             raise FailedPreconditionError(f"diff {key!r}: a view has no layer of its own")
-        return diff_upper(
-            key, self._dirs.upper(snap.id), out, compression_=compression, level=level
-        )
+        # Shared, as commit's: an apply of the snapshot would change the tree under the walk.
+        with guard.exclusive(self._dirs.dir(snap.id), "diff", key, shared=True):
+            return diff_upper(
+                key, self._dirs.upper(snap.id), out, compression_=compression, level=level
+            )
 
     def cleanup(self, *, dry_run: bool = False) -> list[str]:
         """Remove directories no live snapshot owns (crashed creates, unfinished removes).

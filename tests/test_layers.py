@@ -230,7 +230,7 @@ def test_mounted_upper_refused_unless_forced(sn, tmp_path: Path) -> None:
         pysnap.unmount(target)
 
 
-def test_apply_excludes_commit_and_remove(sn) -> None:
+def test_apply_excludes_commit_remove_and_diff(sn) -> None:
     sn.prepare("k")
     r, w = os.pipe()
     done: list[object] = []
@@ -247,6 +247,8 @@ def test_apply_excludes_commit_and_remove(sn) -> None:
                 sn.remove("k")
             with pytest.raises(FailedPreconditionError, match="busy"):
                 sn.apply("k", io.BytesIO(tar()))
+            with pytest.raises(FailedPreconditionError, match="busy"):
+                sn.diff("k", io.BytesIO())  # the tree is changing under it
             wf.write(tar(file("a"))[512:])
         t.join()
     assert isinstance(done[0], pysnap.Layer)

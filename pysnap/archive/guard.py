@@ -2,7 +2,7 @@
 
 The directory ``snapshots/<id>`` itself is locked with ``flock(LOCK_NB)``
 (no file to create, so remove works on a full file system) by apply (exclusive),
-commit and remove (shared: they do not exclude each other) of the snapshot:
+commit, remove and diff (shared: they do not exclude each other) of the snapshot:
 across threads and processes, whichever comes second is refused at once
 (FailedPreconditionError), never made to wait behind a long apply.
 ``snapshots/<id>/applying`` exists while an apply runs; one
@@ -36,7 +36,7 @@ def exclusive(snapshot_dir: str, op: str, key: str, *, shared: bool = False) -> 
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            running = "an apply" if shared else "an apply, commit or remove"
+            running = "an apply" if shared else "an apply, commit, remove or diff"
             raise FailedPreconditionError(
                 f"{op} {key!r}: the snapshot is busy ({running} of it is running)"
             ) from None
