@@ -254,7 +254,7 @@ cdef struct Worker:
 cdef struct Skip:
     int err
     int root
-    char *path            # malloc'd; may be NULL
+    char *path            # malloc'd
     size_t pathlen
 
 cdef struct Walk:
