@@ -51,8 +51,8 @@ def cmd_du(args: argparse.Namespace) -> int:
             size = -1
         finally:
             clear_progress()
-        for e in unread:
-            failed = report(args, args.command, e)
+        for error in unread:
+            failed = report(args, args.command, error)
             code = code or failed  # every failure reported; the first one's code
         if size >= 0:
             results.append((path, Usage(size, inodes)))
