@@ -35,6 +35,7 @@ import dataclasses
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -269,9 +270,15 @@ def _start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
 
 
 def _ready(proc: subprocess.Popen[bytes], socket_path: str) -> bool:
+    """Whether ``proc`` accepts on its socket (a stale socket file is not readiness)."""
     if proc.poll() is not None:
         raise AssertionError(f"{proc.args[0]} exited with {proc.returncode} before it was ready")
-    return os.path.exists(socket_path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+        try:
+            s.connect(socket_path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+    return True
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
