@@ -1366,7 +1366,7 @@ def disk_usage(*roots, apparent=False, threads=None, progress=None, progress_eve
     if errors is not None and not isinstance(errors, list):
         raise TypeError("errors must be a list")
     roots = tuple(os.fspath(r) for r in roots)
-    sts = [os.lstat(r) for r in roots]        # a missing root: FileNotFoundError
+    sts = [_lstat(r) for r in roots]          # a missing root: FileNotFoundError
     if not roots:
         return (0, 0)
     walk = _WalkArgs(roots, sts, apparent, nthreads, adaptive, progress, progress_every,
@@ -1518,6 +1518,14 @@ cdef class _WalkArgs:
         self.size = size
         self.inodes = inodes
         return None
+
+
+def _lstat(path):
+    while True:
+        try:
+            return os.lstat(path)
+        except InterruptedError:  # PEP 475 retries os.fstat only (a FUSE or NFS root)
+            pass
 
 
 cdef object _error_path(tuple roots, int root, const char *path, size_t n):

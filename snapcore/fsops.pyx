@@ -1331,11 +1331,11 @@ cdef class Applier:
 
     cdef int _copy_xattrs(self, int lower, int dfd, const char *comp) noexcept nogil:
         """The lower directory's xattrs (O_PATH fd) onto the new one, comp in dfd."""
-        cdef int src = c.openat(lower, ".", DIR_FLAGS)
+        cdef int src = c.snap_openat(lower, ".", DIR_FLAGS)
         cdef int dst, err = 0
         if src < 0:
             return self._os(errno.errno, "reading a parent directory's xattrs")
-        dst = c.openat(dfd, comp, DIR_FLAGS | c.O_NOFOLLOW)
+        dst = c.snap_openat(dfd, comp, DIR_FLAGS | c.O_NOFOLLOW)
         if dst < 0 or copy_xattrs(src, dst) < 0:
             err = errno.errno            # before the closes below can change it
         c.close(src)
@@ -1375,7 +1375,7 @@ cdef class Applier:
         """
         cdef c.stat st
         cdef int err
-        if c.fstatat(self.pfd, self.base, &st, NOFOLLOW) < 0:
+        if c.snap_fstatat(self.pfd, self.base, &st, NOFOLLOW) < 0:
             if errno.errno == errno.ENOENT:
                 return 0
             return self._os(errno.errno, "replacing an existing entry")
@@ -1409,7 +1409,7 @@ cdef class Applier:
 
     cdef bint _is_whiteout_at(self, const char *name) noexcept nogil:
         cdef c.stat st
-        return c.fstatat(self.pfd, name, &st, NOFOLLOW) == 0 and c.S_ISCHR(st.st_mode) \
+        return c.snap_fstatat(self.pfd, name, &st, NOFOLLOW) == 0 and c.S_ISCHR(st.st_mode) \
             and st.st_rdev == 0
 
     cdef int _whiteout(self) noexcept nogil:
@@ -1439,7 +1439,7 @@ cdef class Applier:
     cdef int _file(self, uint64_t data) noexcept nogil:
         cdef int r
         while True:
-            self.fd = c.openat(self.pfd, self.base,
+            self.fd = c.snap_openat(self.pfd, self.base,
                                c.O_WRONLY | c.O_CREAT | c.O_EXCL | c.O_NOFOLLOW | c.O_CLOEXEC, 0o600)
             if self.fd >= 0:
                 break
@@ -1525,7 +1525,7 @@ cdef class Applier:
         return self._xattrs(-1, path, file_or_dir)
 
     cdef int _dir(self) noexcept nogil:
-        cdef int r = 0, fd
+        cdef int r = 0, rx, fd
         cdef bint opaque = False
         while c.mkdirat(self.pfd, self.base, 0o700) < 0:
             if errno.errno != errno.EEXIST:
@@ -1540,15 +1540,15 @@ cdef class Applier:
         if c.fchownat(self.pfd, self.base, self.uid, self.gid, NOFOLLOW) < 0:
             return self._os(errno.errno, "chown of a directory")
         if self.nxattrs or opaque:
-            fd = c.openat(self.pfd, self.base, DIR_FLAGS | c.O_NOFOLLOW)
+            fd = c.snap_openat(self.pfd, self.base, DIR_FLAGS | c.O_NOFOLLOW)
             if fd < 0:
                 return self._os(errno.errno, "opening a directory")
             if opaque and c.fsetxattr(fd, "trusted.overlay.opaque", "y", 1, 0) < 0:
                 c.close(fd)
                 return self._os(errno.errno, "setting trusted.overlay.opaque on the directory")
-            r = self._xattrs(fd, NULL, True)
+            rx = self._xattrs(fd, NULL, True)
             c.close(fd)
-            if r < 0:
+            if rx < 0:
                 return -1
         if c.fchmodat(self.pfd, self.base, self.mode, 0) < 0:
             return self._os(errno.errno, "chmod of a directory")
@@ -1628,7 +1628,7 @@ cdef class Applier:
                 return self._os(errno.errno, "opening the hard link target's directory")
         else:
             tfd = self.root
-        rc = c.fstatat(tfd, tbase, &st, NOFOLLOW)
+        rc = c.snap_fstatat(tfd, tbase, &st, NOFOLLOW)
         if rc < 0 or c.S_ISDIR(st.st_mode):
             if tfd != self.root:
                 c.close(tfd)
@@ -2219,7 +2219,7 @@ cdef class _TarWriter:
         cdef const char *first
         cdef char lpath[4200]
         cdef size_t nl
-        fd = c.openat(root, ".", DIR_FLAGS)
+        fd = c.snap_openat(root, ".", DIR_FLAGS)
         if fd < 0:
             return self._os(errno.errno, "opening the upper directory")
         self.path.len = 0
@@ -2238,7 +2238,7 @@ cdef class _TarWriter:
             f.i += 1
             dfd = f.fd
             self.path.len = f.pathlen
-            if c.fstatat(dfd, name, &st, NOFOLLOW) < 0:
+            if c.snap_fstatat(dfd, name, &st, NOFOLLOW) < 0:
                 buf_add(&self.path, name, strlen(name))
                 if errno.errno == errno.ENOENT:
                     return self._bad("removed while the layer was written")
@@ -2251,7 +2251,7 @@ cdef class _TarWriter:
                 continue
             buf_add(&self.path, name, strlen(name))
             if c.S_ISDIR(st.st_mode):
-                fd = c.openat(dfd, name, DIR_FLAGS | c.O_NOFOLLOW)
+                fd = c.snap_openat(dfd, name, DIR_FLAGS | c.O_NOFOLLOW)
                 if fd < 0:
                     return self._os(errno.errno, "opening a directory")
                 if self._xattrs(fd, NULL) < 0:
@@ -2283,9 +2283,9 @@ cdef class _TarWriter:
                         return -1
                     continue
             if c.S_ISREG(st.st_mode):
-                fd = c.openat(dfd, name, c.O_RDONLY | c.O_NOFOLLOW | c.O_CLOEXEC | c.O_NOATIME)
+                fd = c.snap_openat(dfd, name, c.O_RDONLY | c.O_NOFOLLOW | c.O_CLOEXEC | c.O_NOATIME)
                 if fd < 0 and errno.errno == errno.EPERM:
-                    fd = c.openat(dfd, name, c.O_RDONLY | c.O_NOFOLLOW | c.O_CLOEXEC)
+                    fd = c.snap_openat(dfd, name, c.O_RDONLY | c.O_NOFOLLOW | c.O_CLOEXEC)
                 if fd < 0:
                     return self._os(errno.errno, "opening a file")
                 if self._xattrs(fd, NULL) < 0 or \

@@ -677,6 +677,20 @@ def test_cli_diff_to_stdout_and_apply_from_stdin(
     assert b"+zstd" in capsysbinary.readouterr().out
 
 
+@pytest.mark.parametrize("xattr", [False, True], ids=["plain", "with-xattr"])
+def test_a_file_after_a_merged_setgid_directory_keeps_its_own_group(sn, xattr: bool) -> None:
+    # The second d/ merges into the first and makes it setgid 4242; d/f says gid 0.
+    # With an xattr on the merge, the cached parent kept its old group and f got 4242.
+    again = dir_("d", mode=0o2775, gid=4242)
+    if xattr:
+        again[0].pax_headers = {"SCHILY.xattr.user.x": "1"}
+    sn.prepare("k")
+    sn.apply("k", io.BytesIO(tar(dir_("d"), file("d/a"), again, file("d/f", uid=0, gid=0))))
+    st = os.lstat(upper(sn, "k") / "d" / "f")
+    assert (st.st_uid, st.st_gid) == (0, 0)
+    assert os.lstat(upper(sn, "k") / "d").st_gid == 4242
+
+
 def test_owners_under_setgid_directories(sn) -> None:
     """Files take the tar's group, also where a setgid directory would give them its own."""
     sn.prepare("k")

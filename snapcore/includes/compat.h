@@ -170,11 +170,24 @@ struct snap_open_how {
     uint64_t resolve;
 };
 
+/* Retried on EINTR (a FUSE or NFS lookup a signal interrupts), and a few times
+ * on EAGAIN, which RESOLVE_IN_ROOT returns when a rename or mount raced it. */
 static inline int snap_openat2(int dirfd, const char *path, uint64_t flags,
                                uint64_t resolve) {
     struct snap_open_how how = {flags, 0, resolve};
-    return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+    int fd, again = 0;
+    do {
+        fd = (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+    } while (fd < 0 && (errno == EINTR || (errno == EAGAIN && ++again < 64)));
+    return fd;
 }
+
+/* openat and fstatat, retried on EINTR (GCC statement expressions: openat's
+ * mode argument is optional). */
+#define snap_openat(...) ({ int fd_; \
+    do fd_ = openat(__VA_ARGS__); while (fd_ < 0 && errno == EINTR); fd_; })
+#define snap_fstatat(...) ({ int r_; \
+    do r_ = fstatat(__VA_ARGS__); while (r_ < 0 && errno == EINTR); r_; })
 
 /* ---- fixed-width big-endian integers (keep LMDB order numeric) ----------- */
 

@@ -69,4 +69,6 @@ cdef extern from "<sys/xattr.h>" nogil:
 
 cdef extern from "includes/compat.h" nogil:
     int snap_openat2(int dirfd, const char *path, uint64_t flags, uint64_t resolve)
+    int snap_openat(int dirfd, const char *path, int flags, ...)
+    int snap_fstatat(int dirfd, const char *path, stat *buf, int flags)
     uint64_t RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_NO_XDEV
