@@ -6,20 +6,16 @@
 from libc cimport errno
 from libc.stdint cimport uint64_t
 
-from . cimport linux
+from . cimport fileops, linux
 
 cdef inline int open_dir_at(int dirfd, const char *name, int *out) noexcept nogil:
     """openat(dirfd, name, O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC) into out. 0 or errno."""
-    cdef int fd, err
-    while True:
-        fd = linux.openat(dirfd, name,
-                          linux.O_RDONLY | linux.O_DIRECTORY | linux.O_NOFOLLOW | linux.O_CLOEXEC)
-        if fd >= 0:
-            out[0] = fd
-            return 0
-        err = errno.errno
-        if err != errno.EINTR:
-            return err
+    cdef int fd = fileops.snap_openat(dirfd, name, linux.O_RDONLY | linux.O_DIRECTORY
+                                      | linux.O_NOFOLLOW | linux.O_CLOEXEC)  # EINTR retried
+    if fd < 0:
+        return errno.errno
+    out[0] = fd
+    return 0
 
 
 cdef inline ssize_t read_dents(int fd, char *buf, size_t n) noexcept nogil:
