@@ -366,11 +366,14 @@ cdef int _push(Rm *rm, int fd, const char *name) noexcept nogil:
 cdef int _reopen_parent(Rm *rm) noexcept nogil:
     """After the pop: an fd of frames[top] instead of the child's in rm.fd.
 
-    ".." checked by (dev, ino); if the tree moved, the names from the root.
+    ".." checked by (dev, ino); if the tree moved, or the child is not
+    searchable (mode 0600: ".." needs search permission), the names from the root.
     """
     cdef Frame *want = &rm.frames[rm.top]
     cdef int fd = -1, nfd = -1, err, j
     err = dirwalk.open_parent(rm.fd, want.dev, want.ino, &fd)
+    if err == errno.EACCES:
+        err = -1
     if err > 0:
         return _fail(rm, err, b"..")
     if err < 0:

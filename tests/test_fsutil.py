@@ -129,6 +129,20 @@ def test_unsearchable_directory_with_subdirectories(tmp_path: Path, public_tmp: 
     assert not tree.exists()
 
 
+def test_unsearchable_empty_directory(tmp_path: Path, public_tmp: Path) -> None:
+    """Mode 0600 and empty: listed at once, but ".." of it needs search permission."""
+    base = public_tmp if os.geteuid() == 0 else tmp_path
+    tree = base / "ne"
+    (tree / "a" / "b").mkdir(parents=True)
+    os.chmod(tree / "a" / "b", 0o600)
+    if os.geteuid() == 0:
+        _chown_tree(base)
+        as_nobody(lambda: remove_tree(tree))
+    else:
+        remove_tree(tree)
+    assert not tree.exists()
+
+
 def test_chmod_never_follows_a_symlink_swapped_in(tmp_path: Path, public_tmp: Path) -> None:
     """An unreadable directory replaced by a symlink between the failed open and the chmod:
     the symlink's target keeps its mode (the symlink is removed, the target is not touched)."""
