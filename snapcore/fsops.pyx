@@ -568,6 +568,12 @@ cdef class Applier:
         buf_set(&self.eop, op, strlen(op))
         return -1
 
+    cdef int _os_closing(self, int fd, const char *op) noexcept nogil:
+        # errno of the failed call, read before close() can change it
+        cdef int err = errno.errno
+        c.close(fd)
+        return self._os(err, op)
+
     cdef int _tar(self, const char *msg) noexcept nogil:
         self.ekind = E_TAR
         buf_set(&self.emsg, msg, strlen(msg))
@@ -1188,7 +1194,7 @@ cdef class Applier:
         """
         cdef Buf rest
         cdef size_t i, j, k
-        cdef int fd, hops = 0, rc = 0
+        cdef int fd, err, hops = 0, rc = 0
         cdef c.stat st
         cdef ssize_t ln
         cdef char target[4097]
@@ -1230,10 +1236,11 @@ cdef class Applier:
                 continue                 # missing (or below a file): kept as a name
             if c.fstat(fd, &st) == 0 and c.S_ISLNK(st.st_mode):
                 ln = c.readlinkat(fd, "", target, 4096)
+                err = errno.errno
                 c.close(fd)
                 hops += 1
                 if ln < 0 or hops > 255:
-                    rc = self._os(errno.errno if ln < 0 else errno.ELOOP, "resolving a symlink")
+                    rc = self._os(err if ln < 0 else errno.ELOOP, "resolving a symlink")
                     break
                 target[ln] = 0
                 out.len = 0 if target[0] == c'/' else k     # drop the symlink's own name
@@ -1473,22 +1480,18 @@ cdef class Applier:
         cdef int fd = self.fd
         self.fd = -1
         if self.sparse and ftruncate(fd, <off_t>self.realsize) < 0:
-            c.close(fd)
-            return self._os(errno.errno, "setting the size of a sparse file")
+            return self._os_closing(fd, "setting the size of a sparse file")
         # a new file is ours already, with the group pgid: a chown would change nothing
         if (self.uid != self.euid or self.gid != self.pgid) and \
                 c.fchown(fd, self.uid, self.gid) < 0:
-            c.close(fd)
-            return self._os(errno.errno, "chown")
+            return self._os_closing(fd, "chown")
         if self._xattrs(fd, NULL, True) < 0:
             c.close(fd)
             return -1
         if c.fchmod(fd, self.mode) < 0:
-            c.close(fd)
-            return self._os(errno.errno, "chmod")
+            return self._os_closing(fd, "chmod")
         if c.futimens(fd, self.times) < 0:
-            c.close(fd)
-            return self._os(errno.errno, "setting times")
+            return self._os_closing(fd, "setting times")
         if c.close(fd) < 0 and errno.errno != errno.EINTR:
             return self._os(errno.errno, "closing a file")
         return 0
@@ -1544,8 +1547,7 @@ cdef class Applier:
             if fd < 0:
                 return self._os(errno.errno, "opening a directory")
             if opaque and c.fsetxattr(fd, "trusted.overlay.opaque", "y", 1, 0) < 0:
-                c.close(fd)
-                return self._os(errno.errno, "setting trusted.overlay.opaque on the directory")
+                return self._os_closing(fd, "setting trusted.overlay.opaque on the directory")
             rx = self._xattrs(fd, NULL, True)
             c.close(fd)
             if rx < 0:
@@ -1670,7 +1672,7 @@ cdef class Applier:
 
     cdef int _set_dir_times(self) noexcept nogil:
         cdef size_t i
-        cdef int fd
+        cdef int fd, rc
         self.raw.len = 0
         for i in range(self.ndirs):
             if not self.dirs[i].set_times:
@@ -1682,9 +1684,9 @@ cdef class Applier:
                 buf_set(&self.raw, self.dirs[i].name, strlen(self.dirs[i].name))
                 return self._os(errno.errno, "opening a directory to set its times")
             if c.futimens(fd, self.dirs[i].times) < 0:
+                rc = self._os_closing(fd, "setting times of a directory")
                 buf_set(&self.raw, self.dirs[i].name, strlen(self.dirs[i].name))
-                c.close(fd)
-                return self._os(errno.errno, "setting times of a directory")
+                return rc
             c.close(fd)
         return 0
 
