@@ -904,7 +904,11 @@ cdef int _reopen(Worker *w, int i, int childfd) noexcept nogil:
                 return VANISHED
             return _fail(w, err, j, NULL)
         cur = nfd
-    if linux.fstat(cur, &st) != 0 or st.st_dev != f.dev or st.st_ino != f.ino:
+    if linux.fstat(cur, &st) != 0:          # an error, not a vanished directory
+        err = errno.errno
+        linux.close(cur)
+        return _fail(w, err, i, NULL)
+    if st.st_dev != f.dev or st.st_ino != f.ino:
         linux.close(cur)
         return VANISHED
     f.fd = cur
