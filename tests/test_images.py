@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib
+import io
 import json
 import os
 import shutil
@@ -431,6 +432,9 @@ def test_export_is_byte_identical(
     export(sn, "app", tmp_path / "a.tar", ref="x:1")
     export(sn, "app", tmp_path / "b.tar", ref="x:1")
     assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+    stream = io.BytesIO()
+    export(sn, "app", stream, ref="x:1")
+    assert stream.getvalue() == (tmp_path / "a.tar").read_bytes()
     export(sn, "app", tmp_path / "d1")
     export(sn, "app", tmp_path / "d2")
     assert _contents(tmp_path / "d1") == _contents(tmp_path / "d2")
@@ -482,14 +486,14 @@ def test_export_refuses_bad_input(
 
 
 def test_cli_unpack_and_export(
-    busybox: tuple[Path, str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    busybox: tuple[Path, str, Path], tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
 ) -> None:
     root = str(tmp_path / "root")
     assert (
         main(["--root", root, "--json", "image", "unpack", str(busybox[0]), "--ref", busybox[1]])
         == 0
     )
-    doc = json.loads(capsys.readouterr().out)
+    doc = json.loads(capsysbinary.readouterr().out)
     assert len(doc["layers"]) == 2 and doc["top"] == doc["layers"][-1]["chain_id"]
     config = tmp_path / "config.json"
     config.write_text('{"Cmd": ["/bin/sh"]}')
@@ -511,7 +515,28 @@ def test_cli_unpack_and_export(
         )
         == 0
     )
-    assert "manifest sha256:" in capsys.readouterr().out
+    assert b"manifest sha256:" in capsysbinary.readouterr().out
+    # "-": the tar on stdout, as ctr images export writes it; the report on stderr
+    assert (
+        main(
+            [
+                "--root",
+                root,
+                "image",
+                "export",
+                doc["top"],
+                "-",
+                "--config",
+                str(config),
+                "--ref",
+                "a:1",
+            ]
+        )
+        == 0
+    )
+    out = capsysbinary.readouterr()
+    assert out.out == dest.read_bytes() and b"-: manifest sha256:" in out.err
+    assert not (tmp_path / "-").exists()
     assert (
         main(["--root", root, "image", "unpack", str(tmp_path / "nope")]) == NotFoundError.exit_code
     )

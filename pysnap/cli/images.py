@@ -40,7 +40,7 @@ def register(add: AddCommand) -> None:
     e = add_sub(
         "export",
         "write NAME's chain of snapshots as an OCI image layout (a directory, or a tar "
-        "when DEST ends in .tar)",
+        "when DEST ends in .tar, or a tar on stdout when DEST is -)",
     )
     e.add_argument("name", metavar="NAME")
     e.add_argument("dest", metavar="DEST")
@@ -121,11 +121,14 @@ def cmd_export(args: argparse.Namespace) -> None:
             raise InvalidArgumentError(f"--config {args.config}: not JSON: {e}") from None
     compression = None if args.compression == "none" else args.compression
     _local_only(args)
+    to_stdout = args.dest == "-"
+    dest = sys.stdout.buffer if to_stdout else args.dest
     with snapshotter(args) as sn:
-        desc = export(
-            sn, args.name, args.dest, ref=args.ref, config=config, compression=compression
-        )
-    if args.json:
+        desc = export(sn, args.name, dest, ref=args.ref, config=config, compression=compression)
+    if to_stdout:  # the tar holds stdout: the report goes to stderr
+        sys.stdout.flush()
+        print(f"-: manifest {desc.digest}", file=sys.stderr)
+    elif args.json:
         print_json({"dest": args.dest, "manifest": desc.to_json()})
     else:
         print(f"{args.dest}: manifest {desc.digest}")

@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import tarfile
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
@@ -154,7 +155,7 @@ def _stored_blob(sn: OverlaySnapshotter, info: Info) -> _Blob | None:
 def export(
     sn: OverlaySnapshotter,
     name: str,
-    dest: str | os.PathLike[str],
+    dest: str | os.PathLike[str] | BinaryIO,
     *,
     ref: str | None = None,
     config: Mapping[str, Any] | None = None,
@@ -163,7 +164,8 @@ def export(
     """Write the chain of the committed snapshot ``name`` as an OCI image layout at ``dest``.
 
     ``dest``: a directory (new, or empty), or a tar file when it ends in
-    ``.tar`` (replaced if present). ``ref`` names the image in index.json
+    ``.tar`` (replaced if present), or a binary file object that the tar is
+    written to (``ctr images export -``). ``ref`` names the image in index.json
     (``org.opencontainers.image.ref.name`` and ``io.containerd.image.name``).
     ``config``: the config's ``config`` section (Cmd, Entrypoint, Env,
     WorkingDir, ...). ``compression`` (``"gzip"``, ``"zstd"`` or None) is
@@ -177,21 +179,19 @@ def export(
         AlreadyExistsError: ``dest`` is a directory that is not empty.
         InvalidArgumentError: a bad config, compression or SOURCE_DATE_EPOCH.
     """
-    dest = os.path.abspath(os.fspath(dest))
     section = check_config(config)
     if compression not in ("gzip", "zstd", None):
         raise InvalidArgumentError(f"export: compression {compression!r} is not gzip, zstd or None")
     created, mtime = _created()
-    as_tar = dest.endswith(".tar")
-    if not as_tar and os.path.isdir(dest) and os.listdir(dest):
-        raise AlreadyExistsError(f"export {name!r}: {dest} is a directory that is not empty")
-    if not as_tar and os.path.lexists(dest) and not os.path.isdir(dest):
-        raise AlreadyExistsError(
-            f"export {name!r}: {dest} exists and is not a directory (a tar's name ends in .tar)"
-        )
+    path = os.path.abspath(os.fspath(dest)) if isinstance(dest, (str, os.PathLike)) else None
+    if path is not None:
+        _check_dest(name, path)
     chain = _chain(sn, name)
-    stage = f"{dest}.tmp-{secrets.token_hex(6)}"
-    os.mkdir(stage, 0o700)
+    if path is None:  # the diffs wait in TMPDIR (as skopeo's and umoci's)
+        stage = tempfile.mkdtemp(prefix="pysnap-export-")
+    else:
+        stage = f"{path}.tmp-{secrets.token_hex(6)}"
+        os.mkdir(stage, 0o700)
     try:
         layers = [
             _stored_blob(sn, info) or _diff(sn, info, stage, i, compression)
@@ -222,13 +222,30 @@ def export(
             "index.json": _json(index),
         }
         blobs = {b.desc.digest: b for b in [*layers, config_blob, manifest_blob]}
-        if as_tar:
-            _write_tar(stage, dest, files, blobs, mtime)
+        if path is None:
+            _write_tar(cast(BinaryIO, dest), files, blobs, mtime)
+        elif path.endswith(".tar"):
+            out = os.path.join(stage, "layout.tar")
+            with open(out, "wb") as f:
+                _write_tar(f, files, blobs, mtime)
+            os.rename(out, path)
         else:
-            _write_dir(stage, dest, files, blobs)
+            _write_dir(stage, path, files, blobs)
     finally:
         remove_tree(stage)
     return top
+
+
+def _check_dest(name: str, dest: str) -> None:
+    """A layout directory must be new or empty; a tar (``*.tar``) is replaced."""
+    if dest.endswith(".tar"):
+        return
+    if os.path.isdir(dest) and os.listdir(dest):
+        raise AlreadyExistsError(f"export {name!r}: {dest} is a directory that is not empty")
+    if os.path.lexists(dest) and not os.path.isdir(dest):
+        raise AlreadyExistsError(
+            f"export {name!r}: {dest} exists and is not a directory (a tar's name ends in .tar)"
+        )
 
 
 def _platform() -> dict[str, str]:
@@ -309,16 +326,13 @@ def _write_dir(stage: str, dest: str, files: dict[str, bytes], blobs: dict[str, 
     os.rename(out, dest)
 
 
-def _write_tar(
-    stage: str, dest: str, files: dict[str, bytes], blobs: dict[str, _Blob], mtime: int
-) -> None:
-    """A tar of the layout, written by hand so blobs stream through ``_copy``.
+def _write_tar(f: BinaryIO, files: dict[str, bytes], blobs: dict[str, _Blob], mtime: int) -> None:
+    """A tar of the layout into ``f``, written by hand so blobs stream through ``_copy``.
 
     Fixed headers (owner 0, mode 0644/0755, ``mtime``) and a fixed member
     order make it byte-identical for unchanged inputs. Headers are ustar, and
     PAX only where a name does not fit (a sha512 blob's 128-character name).
     """
-    out = os.path.join(stage, "layout.tar")
 
     def header(f: BinaryIO, name: str, size: int = 0) -> None:
         ti = tarfile.TarInfo(name)
@@ -330,20 +344,18 @@ def _write_tar(
     def pad(f: BinaryIO, size: int) -> None:
         f.write(bytes(-size % tarfile.BLOCKSIZE))
 
-    with open(out, "wb") as f:
-        for name in ("oci-layout", "index.json"):
-            header(f, name, len(files[name]))
-            f.write(files[name])
-            pad(f, len(files[name]))
-        made = set()
-        for digest, blob in sorted(blobs.items()):
-            name = _blob_name(digest)
-            for d in ("blobs/", name.rpartition("/")[0] + "/"):
-                if d not in made:
-                    header(f, d)
-                    made.add(d)
-            header(f, name, blob.desc.size)
-            _copy(blob, f)
-            pad(f, blob.desc.size)
-        f.write(bytes(2 * tarfile.BLOCKSIZE))  # the end-of-archive marker
-    os.rename(out, dest)
+    for name in ("oci-layout", "index.json"):
+        header(f, name, len(files[name]))
+        f.write(files[name])
+        pad(f, len(files[name]))
+    made = set()
+    for digest, blob in sorted(blobs.items()):
+        name = _blob_name(digest)
+        for d in ("blobs/", name.rpartition("/")[0] + "/"):
+            if d not in made:
+                header(f, d)
+                made.add(d)
+        header(f, name, blob.desc.size)
+        _copy(blob, f)
+        pad(f, blob.desc.size)
+    f.write(bytes(2 * tarfile.BLOCKSIZE))  # the end-of-archive marker
