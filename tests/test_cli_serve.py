@@ -177,6 +177,10 @@ def test_print_config_is_containerds_toml(
         "exports": {"root": str(tmp_path / "r")},
     }
     assert "garbage collector" in out and "1.6 reads only type and address" in out
+    # --json: the same settings as data
+    args = ["--root", str(tmp_path / "r"), "serve", "--address", "/run/x/p.sock"]
+    assert main(["--json", *args, "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out) == tomllib.loads(out)
 
 
 def test_remote_mode_runs_the_snapshot_commands(

@@ -8,7 +8,7 @@ import os
 
 from ..errors import UnimplementedError
 from ._common import AddCommand
-from ._output import UsageError
+from ._output import UsageError, print_json
 
 DEFAULT_ADDRESS = "/run/pysnap/pysnap.sock"
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -76,9 +76,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     root = os.path.abspath(args.root)
     address = os.path.abspath(args.serve_address)
     if args.print_config:
-        from ..server.containerd_config import proxy_plugin_block
+        from ..server.containerd_config import proxy_plugin_block, proxy_plugin_table
 
-        print(proxy_plugin_block(root, address), end="")
+        if args.json:
+            print_json(proxy_plugin_table(root, address))
+        else:
+            print(proxy_plugin_block(root, address), end="")
         return 0
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

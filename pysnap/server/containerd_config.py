@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import json
+from typing import Any
+
+
+def proxy_plugin_table(root: str, address: str, name: str = "pysnap") -> dict[str, Any]:
+    """The same settings as data (``--json --print-config``), without the caveats."""
+    plugin = {"type": "snapshot", "address": address, "capabilities": [], "exports": {"root": root}}
+    return {"proxy_plugins": {name: plugin}}
 
 
 def proxy_plugin_block(root: str, address: str, name: str = "pysnap") -> str:
