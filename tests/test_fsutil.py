@@ -81,6 +81,23 @@ def test_long_names_beyond_path_max(tmp_path: Path) -> None:
     assert not top.exists()
 
 
+def _chown_tree(base: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(base):
+        for n in [*dirnames, *filenames]:
+            os.lchown(os.path.join(dirpath, n), 65534, 65534)
+    os.chown(base, 65534, 65534)
+
+
+def _remove_unprivileged(base: Path, tree: Path) -> None:
+    """remove_tree(tree) where the modes count: as uid 65534, owning ``base``, if we are root."""
+    if os.geteuid() == 0:
+        _chown_tree(base)
+        as_nobody(lambda: remove_tree(tree))
+    else:
+        remove_tree(tree)
+    assert not tree.exists()
+
+
 def test_read_only_directories(tmp_path: Path, public_tmp: Path) -> None:
     base = public_tmp if os.geteuid() == 0 else tmp_path
     tree = base / "ro"
@@ -89,28 +106,12 @@ def test_read_only_directories(tmp_path: Path, public_tmp: Path) -> None:
     (tree / "a" / "g").write_text("x")
     os.chmod(tree / "a" / "b", 0o500)
     os.chmod(tree / "a", 0o000)
-    if os.geteuid() == 0:
-        # root ignores the modes: check the chmod path as an unprivileged user
-        for dirpath, dirnames, filenames in os.walk(base):
-            for n in [*dirnames, *filenames]:
-                os.chown(os.path.join(dirpath, n), 65534, 65534)
-        os.chown(base, 65534, 65534)
-        as_nobody(lambda: remove_tree(tree))
-    else:
-        remove_tree(tree)
-    assert not tree.exists()
+    _remove_unprivileged(base, tree)
 
 
 def test_other_errors_raise(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         remove_tree(42)  # type: ignore[arg-type]
-
-
-def _chown_tree(base: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(base):
-        for n in [*dirnames, *filenames]:
-            os.lchown(os.path.join(dirpath, n), 65534, 65534)
-    os.chown(base, 65534, 65534)
 
 
 def test_unsearchable_directory_with_subdirectories(tmp_path: Path, public_tmp: Path) -> None:
@@ -121,12 +122,7 @@ def test_unsearchable_directory_with_subdirectories(tmp_path: Path, public_tmp: 
     (tree / "a" / "b" / "f").write_text("x")
     os.chmod(tree / "a" / "b", 0o600)
     os.chmod(tree / "a", 0o600)
-    if os.geteuid() == 0:
-        _chown_tree(base)
-        as_nobody(lambda: remove_tree(tree))
-    else:
-        remove_tree(tree)
-    assert not tree.exists()
+    _remove_unprivileged(base, tree)
 
 
 def test_unsearchable_empty_directory(tmp_path: Path, public_tmp: Path) -> None:
@@ -135,12 +131,7 @@ def test_unsearchable_empty_directory(tmp_path: Path, public_tmp: Path) -> None:
     tree = base / "ne"
     (tree / "a" / "b").mkdir(parents=True)
     os.chmod(tree / "a" / "b", 0o600)
-    if os.geteuid() == 0:
-        _chown_tree(base)
-        as_nobody(lambda: remove_tree(tree))
-    else:
-        remove_tree(tree)
-    assert not tree.exists()
+    _remove_unprivileged(base, tree)
 
 
 def test_chmod_never_follows_a_symlink_swapped_in(tmp_path: Path, public_tmp: Path) -> None:

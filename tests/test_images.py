@@ -498,42 +498,11 @@ def test_cli_unpack_and_export(
     config = tmp_path / "config.json"
     config.write_text('{"Cmd": ["/bin/sh"]}')
     dest = tmp_path / "out.tar"
-    assert (
-        main(
-            [
-                "--root",
-                root,
-                "image",
-                "export",
-                doc["top"],
-                str(dest),
-                "--config",
-                str(config),
-                "--ref",
-                "a:1",
-            ]
-        )
-        == 0
-    )
+    export_to = ["--root", root, "image", "export", "--config", str(config), "--ref", "a:1"]
+    assert main([*export_to, doc["top"], str(dest)]) == 0
     assert b"manifest sha256:" in capsysbinary.readouterr().out
     # "-": the tar on stdout, as ctr images export writes it; the report on stderr
-    assert (
-        main(
-            [
-                "--root",
-                root,
-                "image",
-                "export",
-                doc["top"],
-                "-",
-                "--config",
-                str(config),
-                "--ref",
-                "a:1",
-            ]
-        )
-        == 0
-    )
+    assert main([*export_to, doc["top"], "-"]) == 0
     out = capsysbinary.readouterr()
     assert out.out == dest.read_bytes() and b"-: manifest sha256:" in out.err
     assert not (tmp_path / "-").exists()
