@@ -33,6 +33,8 @@ open fds and hands subtrees to other threads; removal needs no stat (d_type
 says what is a directory), must visit a directory again after its children
 (rmdir), and one thread keeps pace with rm -rf (benchmarks/bench_fsutil.py).
 The two share the syscall-level primitives, not the frame machinery.
+(Over 500 lines: the walk, its frames and both entry points share one
+error record and must change together.)
 """
 
 import os

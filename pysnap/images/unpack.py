@@ -27,6 +27,9 @@ leaves them.
 Each blob is hashed once: by the apply, which returns the digest of what it
 read (sha256), checked against the descriptor here; the blob's copy into the
 blob store is written from the same reads.
+
+Over 500 lines: the sequential and the parallel unpack share the chain-ID
+naming, the reuse and the cleanup of extract keys, which must change together.
 """
 
 from __future__ import annotations
