@@ -152,6 +152,11 @@ def decode_info(name: str, data: bytes) -> tuple[int, _Info, _Usage]:
     return id, info, tuple.__new__(_Usage, (size, inodes))
 
 
+def decode_stat(name: str, data: bytes) -> _Info:
+    """The Info alone of a record stored under ``name``."""
+    return decode_info(name, data)[1]
+
+
 def decode_infos(items: _Iterable[tuple[bytes, bytes]]) -> list[_Info]:
     """A list of Info from ``(name bytes, record bytes)`` pairs."""
     out = []

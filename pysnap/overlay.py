@@ -166,8 +166,11 @@ class OverlaySnapshotter:
 
     def stat(self, key: str) -> Info:
         """Info of the snapshot ``key``, of any kind. Raises NotFoundError."""
-        sid, info, _ = storage.stat(self._ms, key)
-        return self._labelled(sid, info) if self._upperdir_label else info
+        if not self._upperdir_label:
+            return storage.stat(self._ms, key)
+        with self._ms.transaction() as tx:  # the label needs the id
+            sid, info, _ = storage.get_info(tx, key)
+        return self._labelled(sid, info)
 
     def usage(self, key: str, progress: Progress = None) -> Usage:
         """Disk usage of ``key``: stored for COMMITTED, walked now for ACTIVE, 0 for VIEW.

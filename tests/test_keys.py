@@ -59,6 +59,8 @@ def test_round_trip(impl: ModuleType) -> None:
     assert info.kind is Kind.ACTIVE
     assert usage == Usage(4096, 3)
     assert impl.decode_infos([(b"name", rec)]) == [info]
+    stat = impl.decode_stat("name", rec)
+    assert stat == info and type(stat) is Info
 
 
 def test_empty_record(impl: ModuleType) -> None:
@@ -141,8 +143,9 @@ def test_corrupt_records(impl: ModuleType, what: str, match: str) -> None:
     with pytest.raises(ValueError, match=match) as e:
         impl.decode_record(bad)
     assert type(e.value).__name__ == "RecordError"
-    with pytest.raises(ValueError, match=match):
-        impl.decode_info("x", bad)
+    for decode in (impl.decode_info, impl.decode_stat):
+        with pytest.raises(ValueError, match=match):
+            decode("x", bad)
 
 
 def test_truncations(impl: ModuleType) -> None:
@@ -150,8 +153,9 @@ def test_truncations(impl: ModuleType) -> None:
     for n in range(len(rec)):
         with pytest.raises(ValueError, match="corrupt snapshot record"):
             impl.decode_record(rec[:n])
-        with pytest.raises(ValueError, match="corrupt snapshot record"):
-            impl.decode_info("x", rec[:n])
+        for decode in (impl.decode_info, impl.decode_stat):
+            with pytest.raises(ValueError, match="corrupt snapshot record"):
+                decode("x", rec[:n])
 
 
 def test_decode_infos_ascii_and_not(impl: ModuleType) -> None:
@@ -287,7 +291,8 @@ def test_decode_info_before_register_types() -> None:
     code = (
         "from snapcore import keys\n"
         "rec = keys.encode_record(1, 1, '', {}, 0, 0)\n"
-        "calls = (lambda: keys.decode_info('a', rec), lambda: keys.decode_infos([(b'a', rec)]))\n"
+        "calls = (lambda: keys.decode_info('a', rec), lambda: keys.decode_stat('a', rec),\n"
+        "         lambda: keys.decode_infos([(b'a', rec)]))\n"
         "for call in calls:\n"
         "    try:\n"
         "        call()\n"
