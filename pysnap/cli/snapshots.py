@@ -9,7 +9,15 @@ from typing import Any
 
 from ..errors import SnapshotError, UnimplementedError
 from ..types import Info, Kind, Usage
-from ._common import AddCommand, label_arg, label_option, labels, refuse_if_mounted, snapshotter
+from ._common import (
+    AddCommand,
+    label_arg,
+    label_option,
+    labels,
+    new_snapshot_labels,
+    refuse_if_mounted,
+    snapshotter,
+)
 from ._output import (
     EXIT_OK,
     clear_progress,
@@ -73,7 +81,7 @@ def force_option(p: argparse.ArgumentParser, action: str) -> None:
 
 
 def _create(args: argparse.Namespace, kind: Kind) -> None:
-    new_labels = labels(args.label)
+    new_labels = new_snapshot_labels(args)
     with snapshotter(args, create=True) as sn:
         if kind == Kind.VIEW:
             mounts = sn.view(args.key, parent=args.parent, labels=new_labels)
@@ -103,7 +111,7 @@ def cmd_commit(args: argparse.Namespace) -> None:
     with snapshotter(args, upperdir_label=not args.force) as sn:
         if not args.force:
             refuse_if_mounted(sn, args.key, "commit")
-        sn.commit(args.name, args.key, labels=labels(args.label))
+        sn.commit(args.name, args.key, labels=new_snapshot_labels(args))
         info = sn.stat(args.name)
     if args.json:
         print_json(snapshot_json(_without_upperdir(info)))
