@@ -26,6 +26,8 @@ _PARENT = _struct.Struct(">QQ")
 # version, kind, id, created, updated, size, inodes, parent length
 _HEAD = _struct.Struct(">BBQQQQQI")
 
+_MAX_TIME = 2**63 - 1  # times are int64 Timestamps on the wire
+
 
 class RecordError(ValueError):
     """A stored record or key is truncated, oversized or corrupt."""
@@ -77,6 +79,8 @@ def encode_record(
     for n in (id, created_ns, updated_ns, size, inodes):
         if not 0 <= n <= 0xFFFFFFFFFFFFFFFF:
             raise OverflowError(f"{n} does not fit in 64 bits")
+    if max(created_ns, updated_ns) > _MAX_TIME:
+        raise OverflowError("a time past 2**63 - 1 nanoseconds (year 2262)")
     parts = [
         _HEAD.pack(RECORD_VERSION, kind, id, created_ns, updated_ns, size, inodes, 0)[:-4],
         _pack_str(parent),
@@ -114,6 +118,8 @@ def _read_head(data: bytes) -> tuple[int, int, int, int, int, int, int]:
         raise _bad(f"unknown format version {version}")
     if not 1 <= head[0] <= 3:
         raise _bad(f"invalid kind {head[0]}")
+    if max(head[2], head[3]) > _MAX_TIME:
+        raise _bad("a time past 2**63 - 1 nanoseconds")
     return tuple(head)
 
 

@@ -13,8 +13,8 @@ Layouts (as containerd's bolt.go documents its buckets):
     0    1     format version (RECORD_VERSION = 1)
     1    1     kind: 1 view, 2 active, 3 committed (containerd's numbers)
     2    8     id
-    10   8     created, nanoseconds since the epoch
-    18   8     updated, nanoseconds since the epoch
+    10   8     created, nanoseconds since the epoch (below 2**63: an int64
+    18   8     updated, nanoseconds since the epoch  Timestamp on the wire)
     26   8     size in bytes (0 unless committed)
     34   8     inodes (0 unless committed)
     42   4     P = length of the parent name, then P bytes UTF-8 ("" = no parent)
@@ -81,6 +81,7 @@ cdef enum:
     _VERSION = 1
     _HEAD = 42              # fixed part of a record, before the parent length
 cdef Py_ssize_t _MAX_LEN = 0xFFFFFFFF
+cdef uint64_t _MAX_TIME = 0x7FFFFFFFFFFFFFFF
 
 RECORD_VERSION = _VERSION
 
@@ -173,6 +174,8 @@ def encode_record(uint64_t id, int kind, str parent not None, dict labels not No
     """
     if kind < 1 or kind > 3:
         raise ValueError(f"invalid snapshot kind {kind}")
+    if created_ns > _MAX_TIME or updated_ns > _MAX_TIME:
+        raise OverflowError("a time past 2**63 - 1 nanoseconds (year 2262)")
     cdef Py_ssize_t total = _HEAD + 4 + _str_len(parent, b"parent") + 4
     cdef Py_ssize_t count = PyDict_Size(labels)
     cdef Py_ssize_t pos = 0, seen = 0
@@ -238,6 +241,8 @@ cdef inline int _read_head(const char *p, Py_ssize_t n, _Head *h) except -1:
     h.id = snap_unpack_be64(p + 2)
     h.created_ns = snap_unpack_be64(p + 10)
     h.updated_ns = snap_unpack_be64(p + 18)
+    if h.created_ns > _MAX_TIME or h.updated_ns > _MAX_TIME:
+        return _bad("a time past 2**63 - 1 nanoseconds")
     h.size = snap_unpack_be64(p + 26)
     h.inodes = snap_unpack_be64(p + 34)
     plen = snap_unpack_be32(p + _HEAD)

@@ -108,10 +108,11 @@ cdef int _string(Buf *b, unsigned char tag, str s, bint always) except -1:
 
 
 cdef int _timestamp(Buf *b, unsigned char tag, int64_t ns) except -1:
-    # Cython keeps Python's floor division here (no cdivision), so nanos is
-    # in 0..999999999 as Timestamp requires, before 1970 too.
+    # Cython keeps Python's floor division and modulo here (no cdivision), so
+    # nanos is in 0..999999999 as Timestamp requires, before 1970 too; secs *
+    # 10**9 would overflow int64 below -2**63 + 10**9.
     cdef int64_t secs = ns // 1000000000
-    cdef int64_t nanos = ns - secs * 1000000000
+    cdef int64_t nanos = ns % 1000000000
     cdef int size = 0
     if secs:
         size += 1 + _varint_size(<uint64_t>secs)  # int64: two's complement when negative

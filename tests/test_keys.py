@@ -17,6 +17,7 @@ assert storage  # imported for its side effect
 
 IMPLS = {"snapcore": keys, "reference": _reference}
 U64 = st.integers(0, 2**64 - 1)
+TIME = st.integers(0, 2**63 - 1)  # a record's times are int64 Timestamps on the wire
 # Any Unicode that UTF-8 can encode (lone surrogates cannot, and are refused earlier).
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)))
 LABELS = st.dictionaries(TEXT, TEXT, max_size=8)
@@ -89,6 +90,9 @@ def test_encode_refuses(impl: ModuleType) -> None:
         impl.encode_record(-1, 1, "", {}, 0, 0)
     with pytest.raises(OverflowError):
         impl.encode_record(2**64, 1, "", {}, 0, 0)
+    for times in ((2**63, 0), (0, 2**63)):
+        with pytest.raises(OverflowError, match="2262"):
+            impl.encode_record(1, 1, "", {}, *times)
     with pytest.raises(UnicodeEncodeError):
         impl.encode_record(1, 1, "\udc80", {}, 0, 0)
     with pytest.raises(UnicodeEncodeError):
@@ -124,6 +128,8 @@ def _corrupt(rec: bytes, off: int, value: bytes) -> bytes:
         ("parent-len", "parent"),
         ("label-count", "label"),
         ("label-len", "label"),
+        ("created", "2\\*\\*63"),
+        ("updated", "2\\*\\*63"),
     ],
 )
 def test_corrupt_records(impl: ModuleType, what: str, match: str) -> None:
@@ -138,6 +144,8 @@ def test_corrupt_records(impl: ModuleType, what: str, match: str) -> None:
         "utf8-label": _corrupt(rec, 55, b"\xc3"),
         "parent-len": _corrupt(rec, 42, b"\xff\xff\xff\xff"),
         "label-count": _corrupt(rec, 47, b"\0\0\0\3"),
+        "created": _corrupt(rec, 10, b"\x80"),
+        "updated": _corrupt(rec, 18, b"\xff"),
         "label-len": _corrupt(rec, 51, b"\x7f\xff\xff\xff"),
     }[what]
     with pytest.raises(ValueError, match=match) as e:
@@ -197,7 +205,7 @@ def test_parent_keys_sort_numerically() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(U64, KINDS, TEXT, LABELS, U64, U64, U64, U64)
+@given(U64, KINDS, TEXT, LABELS, TIME, TIME, U64, U64)
 def test_property_round_trip(
     sid: int,
     kind: int,

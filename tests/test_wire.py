@@ -50,6 +50,13 @@ def test_one_info_is_a_stat_and_an_update_response(info: Info) -> None:
     assert len(data) == len(pb.StatSnapshotResponse(info=expected(info)).SerializeToString())
 
 
+@pytest.mark.parametrize("ns", [-(2**63), -(2**63) + 1, -1, 0, 1, 2**63 - 1])
+def test_extreme_times(ns: int) -> None:
+    # floor division without a multiply: secs * 10**9 overflowed int64 near -2**63 (UBSan)
+    info = Info(kind=Kind.VIEW, created_ns=ns, updated_ns=ns)
+    assert pb.StatSnapshotResponse.FromString(convert.info_message(info)).info == expected(info)
+
+
 def test_defaults_are_left_out_and_times_are_present() -> None:
     data = convert.info_message(Info(kind=Kind.VIEW))
     assert (
