@@ -28,7 +28,8 @@ class Applier:
     ``lowers``: the lower layers' directories, nearest first (implied parents
     take their metadata). ``feed()`` buffers of the uncompressed stream (True
     once the end-of-archive blocks were read), then ``finish()``; ``close()``
-    frees everything. Raises TarError, OSError (filename: the entry).
+    frees everything. Raises TarError, OSError (filename: the entry); after
+    an error, feed() and finish() raise ValueError.
     """
 
     entries: int

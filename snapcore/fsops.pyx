@@ -64,7 +64,7 @@ from libc cimport errno
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memchr, memcmp, memcpy, memset, strerror, strlen, strncmp, strrchr
+from libc.string cimport memchr, memcmp, memcpy, memset, strcmp, strerror, strlen, strncmp, strrchr
 from posix.time cimport timespec
 from posix.types cimport dev_t, gid_t, mode_t, off_t, uid_t
 from posix.unistd cimport ftruncate, pwrite
@@ -90,6 +90,9 @@ class TarError(ValueError):
 cdef enum:
     BLOCK = 512
     MAX_EXT = 1 << 20         # PAX and GNU long-name data, as Go's archive/tar
+    # fragments of one sparse file: as many as a 1 MiB PAX map can hold ("0\n0\n"
+    # each); old GNU extension blocks have no size of their own to bound them
+    MAX_FRAGMENTS = 1 << 18
     NCACHE = 64               # parent directory fds kept open (a power of two)
     MAX_HOPS = 40             # symlinks followed while making parents (as the kernel)
     GETDENTS_BUF = 32768
@@ -102,6 +105,7 @@ cdef enum:
     ST_END = 4
     ST_SPARSE_EXT = 5         # old GNU sparse extension blocks (after the header)
     ST_SPARSE_MAP = 6         # the PAX 1.0 sparse map at the start of the data
+    ST_FAILED = 7             # an error left the stream at an unknown place
 
 cdef enum:
     E_NONE = 0
@@ -613,13 +617,23 @@ cdef class Applier:
         cdef const char *p = <const char *>&data[0] if data.shape[0] else NULL
         cdef size_t n = data.shape[0]
         cdef int rc
-        if self.root < 0:
-            raise ValueError("applier is closed")
+        self._check_usable()
         with nogil:
             rc = self._feed(p, n)
         if rc < 0:
+            if self.fd >= 0:             # a file the error cut short
+                c.close(self.fd)
+                self.fd = -1
+            self.state = ST_FAILED
             self._raise()
         return self.state == ST_END
+
+    cdef int _check_usable(self) except -1:
+        if self.root < 0:
+            raise ValueError("applier is closed")
+        if self.state == ST_FAILED:
+            raise ValueError("applier failed: an error left the stream at an unknown place")
+        return 0
 
     cdef int _feed(self, const char *p, size_t n) noexcept nogil:
         cdef size_t take
@@ -848,6 +862,8 @@ cdef class Applier:
 
     cdef int _add_fragment(self, uint64_t off, uint64_t size) noexcept nogil:
         cdef uint64_t *m
+        if self.snum == MAX_FRAGMENTS:
+            return self._tar("sparse map of more than 262144 fragments")
         if self.snum == self.scap:
             self.scap = self.scap * 2 if self.scap else 16
             m = <uint64_t *>realloc(self.smap, sizeof(uint64_t) * 2 * self.scap)
@@ -1100,7 +1116,7 @@ cdef class Applier:
         self.base = self.name.p + k
         if self._open_parent() < 0:
             return -1
-        if self.base[0] == c'.' and memcmp(self.base, b".wh.", 4) == 0:
+        if self.base[0] == c'.' and strncmp(self.base, b".wh.", 4) == 0:   # base may be 1 byte
             if self._whiteout() < 0:
                 return -1
             return self._skip(data)
@@ -1311,6 +1327,9 @@ cdef class Applier:
         cdef c.stat st
         cdef bint found = False
         comp = comp + 1 if comp != NULL else path
+        if strncmp(comp, b".wh.", 4) == 0:
+            # a diff would write it back as a whiteout (or, .wh..wh..opq, as opaque)
+            return self._tar("a parent directory named .wh.* (a whiteout holds no entries)")
         if c.mkdirat(dfd, comp, 0o700) < 0 and errno.errno != errno.EEXIST:
             return self._os(errno.errno, "making a parent directory")
         for i in range(self.nlowers):
@@ -1423,7 +1442,7 @@ cdef class Applier:
         cdef const char *orig = self.base + 4
         cdef int err
         cdef bint retried = False
-        if strlen(self.base) == 12 and memcmp(self.base, b".wh..wh..opq", 12) == 0:
+        if strcmp(self.base, b".wh..wh..opq") == 0:
             if c.fsetxattr(self.pfd, "trusted.overlay.opaque", "y", 1, 0) < 0:
                 return self._os(errno.errno, "setting trusted.overlay.opaque on the directory")
             return 0
@@ -1502,8 +1521,13 @@ cdef class Applier:
         cdef const char *key
         for i in range(self.nxattrs):
             key = self.xattrs[i].key
-            if memcmp(key, b"trusted.", 8) == 0:
+            if strncmp(key, b"trusted.", 8) == 0:   # keys are NUL-terminated, maybe short
                 self._warn(key, "trusted.* xattrs are not applied")
+                continue
+            if self.xattrs[i].size == 0 and strcmp(key, b"security.capability") == 0:
+                # the kernel stores an empty one but refuses to read it back (EINVAL),
+                # so the upper could never be diffed
+                self._warn(key, "empty: the kernel would refuse to read it back")
                 continue
             if fd >= 0:
                 rc = c.fsetxattr(fd, key, self.xattrs[i].value, self.xattrs[i].size, 0)
@@ -1513,7 +1537,7 @@ cdef class Applier:
                 err = errno.errno
                 if err == errno.EOPNOTSUPP:
                     self._warn(key, "not supported by the file system")
-                elif err == errno.EPERM and not file_or_dir and memcmp(key, b"user.", 5) == 0:
+                elif err == errno.EPERM and not file_or_dir and strncmp(key, b"user.", 5) == 0:
                     self._warn(key, "user.* xattrs need a file or a directory")
                 else:
                     return self._os(err, "setting an xattr")
@@ -1656,8 +1680,7 @@ cdef class Applier:
     def finish(self):
         """Check the stream ended on an entry boundary; set directory times. Returns entries."""
         cdef int rc
-        if self.root < 0:
-            raise ValueError("applier is closed")
+        self._check_usable()
         if self.state == ST_DATA or self.state == ST_EXT or self.state == ST_SPARSE_EXT or \
                 self.state == ST_SPARSE_MAP or self.hdr_have or \
                 (self.state == ST_SKIP and (self.remain or self.pad)):

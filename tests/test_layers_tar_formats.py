@@ -21,6 +21,7 @@ from layertar import dir_, file, link, symlink, tar
 import pysnap
 from pysnap.errors import InvalidArgumentError
 from pysnap.overlay import UPPERDIR_LABEL
+from snapcore import fsops
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="layers need root (chown, mknod)")
 
@@ -224,3 +225,70 @@ def test_implied_parents_of_a_rebased_layer_take_the_lower_xattrs(sn) -> None:
     assert "user.note" not in os.listxattr(usr)
     sn.commit("t", "top", parent="b")
     assert os.getxattr(upper(sn, "t") / "usr", "user.note") == b"kept"
+
+
+def test_short_xattr_keys_and_two_byte_names_at_the_end_of_their_buffers(sn) -> None:
+    """The prefix checks stop at the NUL (ASan saw memcmp read past both buffers)."""
+    name = "d" * 252 + "/.x"  # a GNU long name whose last component is 2 bytes
+    blob = pax(SCHILY__xattr__a=b"1") + member("f", tarfile.REGTYPE, b"x")
+    blob += long_name(name) + member("short", tarfile.REGTYPE, b"y")
+    layer = sn.apply("k", io.BytesIO(blob + END))
+    assert layer.entries == 2
+    assert (upper(sn) / name).read_bytes() == b"y"
+
+
+def test_an_empty_file_capability_is_not_applied_so_the_upper_diffs(sn) -> None:
+    blob = pax(SCHILY__xattr__security__capability=b"") + member("f", tarfile.REGTYPE, b"x")
+    sn.apply("k", io.BytesIO(blob + END))
+    assert "security.capability" not in os.listxattr(upper(sn) / "f")
+    out = io.BytesIO()
+    sn.diff("k", out, compression=None)
+    assert tarfile.open(fileobj=io.BytesIO(out.getvalue())).getnames() == ["f"]
+
+
+@pytest.mark.parametrize("name", [".wh.foo/bar", "a/.wh..wh..opq/x"])
+def test_a_parent_named_as_a_whiteout_is_refused(sn, name: str) -> None:
+    """A diff would write the directory back as a whiteout of foo, or as a's opacity."""
+    with pytest.raises(InvalidArgumentError, match=r"parent directory named \.wh\."):
+        sn.apply("k", io.BytesIO(member(name, tarfile.REGTYPE, b"x") + END))
+    assert not (upper(sn) / name).parent.exists()
+
+
+def _old_gnu_sparse(name: str, extension_blocks: int) -> bytes:
+    """A GNU 'S' header of empty fragments, then extension blocks of 21 more each."""
+    h = bytearray(tarfile.TarInfo(name).tobuf(format=tarfile.GNU_FORMAT)[:BLOCK])
+    h[156:157] = tarfile.GNUTYPE_SPARSE
+    h[386:482] = b"00000000000\0" * 8  # 4 fragments: offset 0, size 0
+    h[482] = 1  # extension blocks follow
+    h[483:495] = b"00000000000\0"  # real size 0
+    h[148:156] = b" " * 8
+    h[148:156] = b"%06o\0 " % sum(h)
+    ext = bytearray(b"00000000000\0" * 42 + b"\1" + b"\0" * 7)
+    last = ext[:504] + b"\0" * 8
+    return bytes(h) + bytes(ext) * (extension_blocks - 1) + bytes(last)
+
+
+def test_old_gnu_sparse_maps_are_bounded(sn) -> None:
+    """Extension blocks carry no size: without a bound, memory grew with the stream."""
+    sn.apply("k", io.BytesIO(_old_gnu_sparse("small", 3) + END))
+    assert (upper(sn) / "small").read_bytes() == b""
+    blocks = (1 << 18) // 21 + 1  # one fragment past 262,144
+    with pytest.raises(InvalidArgumentError, match="more than 262144 fragments"):
+        sn.apply("k", io.BytesIO(_old_gnu_sparse("big", blocks) + END))
+    assert not (upper(sn) / "big").exists()
+
+
+def test_an_applier_that_failed_refuses_more_and_keeps_no_fd(tmp_path: Path) -> None:
+    """The sparse file the error cut short was left open, and the next entry reused the slot."""
+    bad = pax(GNU__sparse__realsize=b"100", GNU__sparse__map=b"0,5")
+    bad += member("sparse", tarfile.REGTYPE, b"abc")  # the map says 5 bytes, there are 3
+    before = len(os.listdir("/proc/self/fd"))
+    a = fsops.Applier(tmp_path)
+    with pytest.raises(fsops.TarError, match="do not add up"):
+        a.feed(bad)
+    assert len(os.listdir("/proc/self/fd")) == before + 1  # the root's fd only
+    for call in (lambda: a.feed(member("next", tarfile.REGTYPE, b"x") + END), a.finish):
+        with pytest.raises(ValueError, match="applier failed"):
+            call()
+    a.close()
+    assert len(os.listdir("/proc/self/fd")) == before
