@@ -1327,9 +1327,6 @@ cdef class Applier:
         cdef c.stat st
         cdef bint found = False
         comp = comp + 1 if comp != NULL else path
-        if strncmp(comp, b".wh.", 4) == 0:
-            # a diff would write it back as a whiteout (or, .wh..wh..opq, as opaque)
-            return self._tar("a parent directory named .wh.* (a whiteout holds no entries)")
         if c.mkdirat(dfd, comp, 0o700) < 0 and errno.errno != errno.EEXIST:
             return self._os(errno.errno, "making a parent directory")
         for i in range(self.nlowers):

@@ -246,14 +246,6 @@ def test_an_empty_file_capability_is_not_applied_so_the_upper_diffs(sn) -> None:
     assert tarfile.open(fileobj=io.BytesIO(out.getvalue())).getnames() == ["f"]
 
 
-@pytest.mark.parametrize("name", [".wh.foo/bar", "a/.wh..wh..opq/x"])
-def test_a_parent_named_as_a_whiteout_is_refused(sn, name: str) -> None:
-    """A diff would write the directory back as a whiteout of foo, or as a's opacity."""
-    with pytest.raises(InvalidArgumentError, match=r"parent directory named \.wh\."):
-        sn.apply("k", io.BytesIO(member(name, tarfile.REGTYPE, b"x") + END))
-    assert not (upper(sn) / name).parent.exists()
-
-
 def _old_gnu_sparse(name: str, extension_blocks: int) -> bytes:
     """A GNU 'S' header of empty fragments, then extension blocks of 21 more each."""
     h = bytearray(tarfile.TarInfo(name).tobuf(format=tarfile.GNU_FORMAT)[:BLOCK])
