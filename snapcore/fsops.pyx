@@ -113,6 +113,7 @@ cdef enum:
     E_TAR = 2
 
 cdef int DIR_FLAGS = c.O_RDONLY | c.O_DIRECTORY | c.O_CLOEXEC
+cdef int FILE_FLAGS = c.O_RDONLY | c.O_NOFOLLOW | c.O_NONBLOCK | c.O_CLOEXEC
 # NO_XDEV: a mount inside the upper (a volume bind-mounted there) is never
 # written into; an entry below one fails with EXDEV
 cdef uint64_t IN_ROOT = c.RESOLVE_IN_ROOT | c.RESOLVE_NO_MAGICLINKS | c.RESOLVE_NO_XDEV
@@ -2000,6 +2001,9 @@ cdef class _TarWriter:
             self._pax_record("uid", num, strlen(num))
         if self.pax.len:
             pl = self.pax.len
+            if pl > MAX_EXT:
+                # readers, ours and Go's archive/tar, refuse it: a layer nobody could apply
+                return self._bad("its extended header (names, xattrs) is larger than 1 MiB")
             if self._block(c'x', b"././@PaxHeader", 14, NULL, 0, 0, 0, 0, pl, 0, 0, 0) < 0:
                 return -1
             if self._data(self.pax.p, pl) < 0:
@@ -2235,7 +2239,7 @@ cdef class _TarWriter:
     cdef int _walk(self, int root) noexcept nogil:
         cdef Frame *f
         cdef char *name
-        cdef c.stat st
+        cdef c.stat st, now
         cdef int fd, dfd
         cdef ssize_t ln
         cdef const char *first
@@ -2305,11 +2309,15 @@ cdef class _TarWriter:
                         return -1
                     continue
             if c.S_ISREG(st.st_mode):
-                fd = c.snap_openat(dfd, name, c.O_RDONLY | c.O_NOFOLLOW | c.O_CLOEXEC | c.O_NOATIME)
+                # O_NONBLOCK: if the name became a fifo since fstatat, open must not wait
+                fd = c.snap_openat(dfd, name, FILE_FLAGS | c.O_NOATIME)
                 if fd < 0 and errno.errno == errno.EPERM:
-                    fd = c.snap_openat(dfd, name, c.O_RDONLY | c.O_NOFOLLOW | c.O_CLOEXEC)
+                    fd = c.snap_openat(dfd, name, FILE_FLAGS)
                 if fd < 0:
                     return self._os(errno.errno, "opening a file")
+                if c.fstat(fd, &now) < 0 or now.st_dev != st.st_dev or now.st_ino != st.st_ino:
+                    c.close(fd)
+                    return self._bad("it was replaced while the layer was written")
                 if self._xattrs(fd, NULL) < 0 or \
                         self._header(c'0', self.path.p, self.path.len, NULL, 0, &st,
                                      <uint64_t>st.st_size, True) < 0 or \

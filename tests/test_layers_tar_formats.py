@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 import io
 import os
+import subprocess
+import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -284,3 +286,73 @@ def test_an_applier_that_failed_refuses_more_and_keeps_no_fd(tmp_path: Path) -> 
             call()
     a.close()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def _with_xattrs(path: Path, count: int) -> None:
+    path.write_bytes(b"x")
+    for i in range(count):
+        os.setxattr(path, f"user.k{i}", bytes([i]) * 60000)
+
+
+def test_a_diff_writes_no_extended_header_an_apply_would_refuse(tmp_path: Path, mounted) -> None:
+    """tmpfs takes 1.2 MB of user xattrs on one file; no reader takes a PAX header over 1 MiB."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for d in (src, dst):
+        d.mkdir()
+        mounted("tmpfs", "tmpfs", d)
+    _with_xattrs(src / "f", 15)  # 900 kB: still a layer
+    out = io.BytesIO()
+    fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fsops.write_tar(fd, out.write)
+        _with_xattrs(src / "f", 20)
+        with pytest.raises(fsops.UpperError, match=r"'f': its extended header.* larger than 1 MiB"):
+            fsops.write_tar(fd, io.BytesIO().write)
+    finally:
+        os.close(fd)
+    a = fsops.Applier(dst)
+    a.feed(out.getvalue())
+    a.finish()
+    a.close()
+    assert os.getxattr(dst / "f", "user.k14") == b"\x0e" * 60000
+
+
+_SWAP_FILE_AND_FIFO = """
+import os, sys, threading, time
+from snapcore import fsops
+top = sys.argv[1]
+up = top + "/up"
+os.mkdir(up)
+open(up + "/f", "wb").write(b"data")
+def swap():
+    i = 0
+    while True:
+        os.mkfifo(f"{top}/p{i}")
+        os.rename(f"{top}/p{i}", up + "/f")
+        open(f"{top}/r{i}", "wb").write(b"data")
+        os.rename(f"{top}/r{i}", up + "/f")
+        i += 1
+threading.Thread(target=swap, daemon=True).start()
+fd = os.open(up, os.O_RDONLY | os.O_DIRECTORY)
+replaced = 0
+end = time.monotonic() + 3
+while time.monotonic() < end:
+    try:
+        fsops.write_tar(fd, lambda piece: None)
+    except fsops.UpperError as e:
+        assert "replaced while the layer was written" in str(e), e
+        replaced += 1
+print(replaced)
+"""
+
+
+def test_a_file_swapped_for_a_fifo_while_diffed_neither_hangs_nor_mixes(tmp_path: Path) -> None:
+    """The open after fstatat blocked on a fifo forever; now it cannot, and an inode other
+    than the one stat'ed (the fifo, or a new file) is refused, not read under the old header."""
+    run = subprocess.run(
+        [sys.executable, "-c", _SWAP_FILE_AND_FIFO, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr

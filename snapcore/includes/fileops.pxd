@@ -42,7 +42,7 @@ cdef extern from "<sys/sysmacros.h>" nogil:
 cdef extern from "<fcntl.h>" nogil:
     int openat(int dirfd, const char *path, int flags, ...)
     int O_RDONLY, O_WRONLY, O_CREAT, O_EXCL, O_TRUNC, O_DIRECTORY, O_NOFOLLOW
-    int O_CLOEXEC, O_PATH, O_NOATIME
+    int O_CLOEXEC, O_PATH, O_NOATIME, O_NONBLOCK
     int AT_FDCWD, AT_SYMLINK_NOFOLLOW, AT_EMPTY_PATH, AT_REMOVEDIR
 
 cdef extern from "<unistd.h>" nogil:
