@@ -2315,7 +2315,9 @@ cdef class _TarWriter:
                     fd = c.snap_openat(dfd, name, FILE_FLAGS)
                 if fd < 0:
                     return self._os(errno.errno, "opening a file")
-                if c.fstat(fd, &now) < 0 or now.st_dev != st.st_dev or now.st_ino != st.st_ino:
+                # the mode too: a freed inode number can come back as a fifo's
+                if c.fstat(fd, &now) < 0 or now.st_dev != st.st_dev or \
+                        now.st_ino != st.st_ino or not c.S_ISREG(now.st_mode):
                     c.close(fd)
                     return self._bad("it was replaced while the layer was written")
                 if self._xattrs(fd, NULL) < 0 or \
