@@ -312,8 +312,6 @@ def test_unpack_containerd(benchmark: Any, image: Path, scratch: Path) -> None:
                 cpu["pysnap"].append(_cpu() - before)
             _fresh(scratch, "root")
 
-        errors: dict[str, str] = {}
-
         def remove_chain() -> None:
             with contextlib.suppress(subprocess.CalledProcessError):
                 ctr("images", "unmount", "--rm", str(target))
@@ -323,6 +321,7 @@ def test_unpack_containerd(benchmark: Any, image: Path, scratch: Path) -> None:
             def keys() -> list[str]:
                 return [ln.split()[0] for ln in ctr("snapshots", "ls").stdout.splitlines()[1:]]
 
+            errors: dict[str, str] = {}  # the last refusal of each key left
             deadline = time.monotonic() + 60
             while (left := keys()) and time.monotonic() < deadline:
                 for key in left:
