@@ -1744,7 +1744,9 @@ cdef int cmp_names(const void *a, const void *b) noexcept nogil:
 
 
 cdef struct Frame:
-    int fd
+    int fd                     # -1 while closed (more than OPEN_DIRS levels above the walk)
+    dev_t dev                  # of the directory, kept while its fd is closed
+    uint64_t ino
     Buf arena                  # the names, NUL-separated
     char **names               # sorted, into arena
     size_t n, i
@@ -1759,6 +1761,10 @@ cdef struct Link:
 
 cdef enum:
     OUT_FLUSH = 1 << 20        # bytes handed to the sink at a time
+    # Directory fds the tar walk keeps open: the levels further up are closed
+    # and reopened through ".." on the way back, so a tree deeper than the fd
+    # limit (1024 by default) is still written.
+    OPEN_DIRS = 64
     POOL_MAX = 8               # spare output buffers kept for reuse
 
 cdef uint64_t OCTAL7 = 2097151          # the largest number a 7-digit octal field holds
@@ -2181,10 +2187,52 @@ cdef class _TarWriter:
 
     cdef void _pop(self) noexcept nogil:
         cdef Frame *f = &self.stack[self.depth - 1]
-        c.close(f.fd)
+        if f.fd >= 0:
+            c.close(f.fd)
         buf_free(&f.arena)
         free(f.names)
         self.depth -= 1
+
+    cdef int _up(self) noexcept nogil:
+        """Pop the finished directory; reopen its parent through ".." if it was closed."""
+        cdef Frame *f = &self.stack[self.depth - 1]
+        cdef Frame *parent
+        cdef c.stat st
+        cdef int fd
+        if self.depth >= 2 and self.stack[self.depth - 2].fd < 0:
+            parent = &self.stack[self.depth - 2]
+            self.path.len = f.pathlen
+            self.path.p[f.pathlen] = 0
+            fd = c.snap_openat(f.fd, "..", DIR_FLAGS | c.O_NOFOLLOW)
+            if fd < 0:
+                return self._os(errno.errno, "reopening a parent directory")
+            if c.fstat(fd, &st) < 0:
+                self._os(errno.errno, "reopening a parent directory")
+                c.close(fd)
+                return -1
+            if st.st_dev != parent.dev or st.st_ino != parent.ino:
+                c.close(fd)
+                return self._bad("it was moved while the layer was written")
+            parent.fd = fd
+        self._pop()
+        return 0
+
+    cdef int _close_far(self) noexcept nogil:
+        """Close the fd of the level OPEN_DIRS above the newest, keeping its identity."""
+        cdef Frame *f
+        cdef c.stat st
+        if self.depth <= OPEN_DIRS:
+            return 0
+        f = &self.stack[self.depth - 1 - OPEN_DIRS]
+        if f.fd < 0:
+            return 0
+        if c.fstat(f.fd, &st) < 0:
+            return self._os(errno.errno, "stat")
+        f.dev = st.st_dev
+        f.ino = st.st_ino
+        c.close(f.fd)
+        f.fd = -1
+        return 0
 
     cdef int _push(self, int fd) noexcept nogil:
         """A frame for the directory fd (owned from now on) with its names sorted."""
@@ -2207,6 +2255,8 @@ cdef class _TarWriter:
         f.fd = fd
         f.pathlen = self.path.len
         self.depth += 1
+        if self._close_far() < 0:
+            return -1
         cnt = 0
         while True:
             n = dirwalk.read_dents(fd, buf, GETDENTS_BUF)
@@ -2258,7 +2308,8 @@ cdef class _TarWriter:
         while self.depth:
             f = &self.stack[self.depth - 1]
             if f.i == f.n:
-                self._pop()
+                if self._up() < 0:
+                    return -1
                 continue
             name = f.names[f.i]
             f.i += 1

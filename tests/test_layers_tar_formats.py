@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from layertar import dir_, file, link, symlink, tar
 
 import pysnap
 from pysnap.errors import InvalidArgumentError
+from pysnap.fsutil import remove_tree
 from pysnap.overlay import UPPERDIR_LABEL
 from snapcore import fsops
 
@@ -357,3 +359,81 @@ def test_a_file_swapped_for_a_fifo_while_diffed_neither_hangs_nor_mixes(tmp_path
     )
     assert run.returncode == 0, run.stderr
     assert int(run.stdout) > 0  # the race was hit (hundreds of times in 3 s here), not missed
+
+
+_DEEP_TAR = """
+import os, resource, sys
+from snapcore import fsops
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+with open(sys.argv[2], "wb") as out:
+    print(fsops.write_tar(fd, out.write))
+"""
+
+
+def _chain_of_dirs(top: Path, depth: int, files: dict[int, tuple[str, bytes]]) -> None:
+    """``top``/d/d/... ``depth`` levels deep (made through dir fds: no recursion, no
+    long paths), with ``files[level] = (name, data)`` at those levels (0 is ``top``)."""
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for level in range(depth + 1):
+            if level in files:
+                name, data = files[level]
+                f = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=fd)
+                os.write(f, data)
+                os.close(f)
+            if level < depth:
+                os.mkdir("d", dir_fd=fd)
+                below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                os.close(fd)
+                fd = below
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def deep_tmp(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+    remove_tree(str(tmp_path))  # pytest's own cleanup recurses once per level
+
+
+def test_a_tree_deeper_than_the_fd_limit_is_written(deep_tmp: Path) -> None:
+    """The walk held one fd per level and failed with EMFILE past the limit (1024 by
+    default); it now keeps 64 open and reopens the levels above through ".."."""
+    up = deep_tmp / "up"
+    _chain_of_dirs(up, 1000, {0: ("top", b"t"), 500: ("middle", b"m"), 1000: ("bottom", b"b")})
+    out = deep_tmp / "layer.tar"
+    run = subprocess.run(
+        [sys.executable, "-c", _DEEP_TAR, str(up), str(out)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout) == 1003
+    with tarfile.open(out) as t:
+        names = t.getnames()
+    dirs = ["/".join(["d"] * i) for i in range(1, 1001)]
+    middle = "/".join(["d"] * 500) + "/middle"
+    # sorted walk: each directory before its contents, "bottom" < "d" < "middle"
+    assert names == [*dirs[:500], *dirs[500:], dirs[-1] + "/bottom", middle, "top"]
+
+
+def test_a_directory_moved_out_from_under_a_deep_walk_is_refused(deep_tmp: Path) -> None:
+    """A level whose fd was closed is reopened through "..", and only if it is the same
+    directory: one moved meanwhile is an UpperError, never a walk of another directory."""
+    up = deep_tmp / "up"
+    # the sink is first called while the walk is in the file at the bottom
+    _chain_of_dirs(up, 150, {150: ("f", os.urandom(3 << 20))})
+    moved: list[bool] = []
+
+    def sink(piece: memoryview) -> None:
+        if not moved:
+            os.rename(up / "/".join(["d"] * 50), up / "moved")  # a level the walk has closed
+            moved.append(True)
+
+    fd = os.open(up, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(fsops.UpperError, match="moved while the layer was written"):
+            fsops.write_tar(fd, sink)
+    finally:
+        os.close(fd)
+    assert moved
