@@ -76,3 +76,43 @@ def test_a_stopped_unpack_admits_at_once() -> None:
     assert time.monotonic() - start < 30
     admission.leave()
     admission.leave()
+
+
+def test_layers_are_admitted_in_the_order_they_asked() -> None:
+    """The thread that leaves a layer asks again at once, as a pool thread taking the next
+    task does; it used to win the lock over the layers already waiting, and the layer
+    passed over ran last while every commit above it waited."""
+    admission = Admission(1, window=0.05)
+    order: list[str] = []
+    done = threading.Event()
+    data = bytes(1 << 20)
+
+    def first() -> None:
+        admission.enter(lambda: False)
+        while not done.is_set():  # busy: no layer is admitted beside it
+            hashlib.sha256(data)
+        admission.leave()
+        admission.enter(lambda: False)
+        order.append("first, again")
+        admission.leave()
+
+    def waiting(name: str) -> threading.Thread:
+        def run() -> None:
+            admission.enter(lambda: False)
+            order.append(name)
+            admission.leave()
+
+        t = threading.Thread(target=run)
+        t.start()
+        time.sleep(0.2)  # it waits in line before the next one asks
+        return t
+
+    holder = threading.Thread(target=first)
+    holder.start()
+    time.sleep(0.1)
+    others = [waiting("second"), waiting("third")]
+    assert order == []
+    done.set()
+    for t in [holder, *others]:
+        t.join()
+    assert order == ["second", "third", "first, again"]

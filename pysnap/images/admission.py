@@ -14,6 +14,7 @@ image of bench_images), one apply keeps 1.64-1.91 cores busy on tmpfs and
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -24,27 +25,41 @@ IDLE = 0.5  # cores
 
 
 class Admission:
-    """Admits layers to run: the first at once, the next while half a core stays idle."""
+    """Admits layers to run in the order they asked: the first at once, the next while half
+    a core stays idle.
+
+    In order, because the unpack commits in chain order: a layer passed over
+    (the thread that just left a layer asked again first, and won the lock)
+    ran last, and every commit above it waited for it, one after another
+    once it was done.
+    """
 
     def __init__(self, cores: int, window: float = WINDOW) -> None:
         self._cores = cores
         self._window = window
         self._cond = threading.Condition()
         self._running = 0
+        self._waiting: collections.deque[object] = collections.deque()
         self._since = (time.monotonic(), time.process_time())
 
     def enter(self, stopped: Callable[[], bool]) -> None:
         """Wait until this layer may run, or until ``stopped()`` (the unpack failed)."""
+        turn = object()
         with self._cond:
-            while self._running and not stopped() and not self._core_idle():
+            self._waiting.append(turn)
+            while not stopped() and (
+                self._waiting[0] is not turn or (self._running and not self._core_idle())
+            ):
                 self._cond.wait(self._window)
+            self._waiting.remove(turn)
             self._running += 1
             self._since = (time.monotonic(), time.process_time())  # a new layer's window
+            self._cond.notify_all()  # the next in line may be admitted too
 
     def leave(self) -> None:
         with self._cond:
             self._running -= 1
-            self._cond.notify()
+            self._cond.notify_all()
 
     def _core_idle(self) -> bool:
         """Whether the window just ended left IDLE cores idle; starts the next window."""
