@@ -121,6 +121,14 @@ cdef int NOFOLLOW = c.AT_SYMLINK_NOFOLLOW
 cdef int64_t MAX_ID = 4294967294   # uid/gid (-1 means "unchanged" to chown)
 
 
+cdef inline int open_noatime(int dfd, const char *name, int flags) noexcept nogil:
+    """openat with O_NOATIME where allowed (only the owner or CAP_FOWNER may ask for it)."""
+    cdef int fd = c.snap_openat(dfd, name, flags | c.O_NOATIME)
+    if fd < 0 and errno.errno == errno.EPERM:
+        fd = c.snap_openat(dfd, name, flags)
+    return fd
+
+
 # ---- growable byte buffers -------------------------------------------------
 
 cdef struct Buf:
@@ -2286,6 +2294,40 @@ cdef class _TarWriter:
         f.n = cnt
         return 0
 
+    cdef int _open_file(self, int dfd, const char *name, const c.stat *st) noexcept nogil:
+        """The regular file ``name`` (``st`` from fstatat) opened for reading, or -1.
+
+        O_NONBLOCK: if the name became a fifo since fstatat, open must not wait.
+        But then a write lease held elsewhere (fcntl F_SETLEASE) fails the open
+        with EWOULDBLOCK instead of waiting for its holder to let go, so the
+        file is reopened through an O_PATH descriptor of it (the same inode: no
+        rename can swap a fifo in) without O_NONBLOCK, and waits, as tar does.
+        """
+        cdef c.stat now
+        cdef char proc[32]
+        cdef int pfd, err
+        cdef int fd = open_noatime(dfd, name, FILE_FLAGS)
+        if fd < 0 and errno.errno == errno.EAGAIN:  # EWOULDBLOCK on Linux
+            pfd = c.snap_openat(dfd, name, c.O_PATH | c.O_NOFOLLOW | c.O_CLOEXEC)
+            if pfd < 0:
+                return self._os(errno.errno, "opening a file")
+            if c.fstat(pfd, &now) < 0 or not c.S_ISREG(now.st_mode):
+                c.close(pfd)
+                return self._bad("it was replaced while the layer was written")
+            snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pfd)
+            fd = open_noatime(c.AT_FDCWD, proc, c.O_RDONLY | c.O_CLOEXEC)  # follows the fd link
+            err = errno.errno
+            c.close(pfd)
+            errno.errno = err
+        if fd < 0:
+            return self._os(errno.errno, "opening a file")
+        # the mode too: a freed inode number can come back as a fifo's
+        if c.fstat(fd, &now) < 0 or now.st_dev != st.st_dev or \
+                now.st_ino != st.st_ino or not c.S_ISREG(now.st_mode):
+            c.close(fd)
+            return self._bad("it was replaced while the layer was written")
+        return fd
+
     cdef int _walk(self, int root) noexcept nogil:
         cdef Frame *f
         cdef char *name
@@ -2360,17 +2402,9 @@ cdef class _TarWriter:
                         return -1
                     continue
             if c.S_ISREG(st.st_mode):
-                # O_NONBLOCK: if the name became a fifo since fstatat, open must not wait
-                fd = c.snap_openat(dfd, name, FILE_FLAGS | c.O_NOATIME)
-                if fd < 0 and errno.errno == errno.EPERM:
-                    fd = c.snap_openat(dfd, name, FILE_FLAGS)
+                fd = self._open_file(dfd, name, &st)
                 if fd < 0:
-                    return self._os(errno.errno, "opening a file")
-                # the mode too: a freed inode number can come back as a fifo's
-                if c.fstat(fd, &now) < 0 or now.st_dev != st.st_dev or \
-                        now.st_ino != st.st_ino or not c.S_ISREG(now.st_mode):
-                    c.close(fd)
-                    return self._bad("it was replaced while the layer was written")
+                    return -1
                 if self._xattrs(fd, NULL) < 0 or \
                         self._header(c'0', self.path.p, self.path.len, NULL, 0, &st,
                                      <uint64_t>st.st_size, True) < 0 or \

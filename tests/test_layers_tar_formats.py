@@ -10,10 +10,12 @@ from __future__ import annotations
 import errno
 import io
 import os
+import signal
 import subprocess
 import sys
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -437,3 +439,77 @@ def test_a_directory_moved_out_from_under_a_deep_walk_is_refused(deep_tmp: Path)
     finally:
         os.close(fd)
     assert moved
+
+
+# Holds a write lease on argv[1]; on the break (SIGIO) says so and lets go once told to.
+_LEASE_HOLDER = """
+import fcntl, os, signal, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+signal.signal(signal.SIGIO, lambda *_: print("breaking", flush=True))
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+print("held", flush=True)
+sys.stdin.readline()
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+print("released", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _in_openat(tid: int) -> bool:
+    """Whether the thread ``tid`` of this process is blocked in openat (syscall 257)."""
+    return Path(f"/proc/self/task/{tid}/syscall").read_text().split()[0] == "257"
+
+
+def test_a_file_under_a_write_lease_is_written_once_the_holder_lets_go(tmp_path: Path) -> None:
+    """The O_NONBLOCK open (kept so that a fifo swapped in never blocks) failed with
+    EWOULDBLOCK on a file another process holds a write lease on; the walk now waits for the
+    holder, as tar does, and a signal meanwhile (EINTR) only resumes the wait."""
+    up = tmp_path / "up"
+    up.mkdir()
+    (up / "f").write_bytes(b"leased")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _LEASE_HOLDER, str(up / "f")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    out = io.BytesIO()
+    result: list[BaseException | int] = []
+    signalled: list[int] = []
+    old = signal.signal(signal.SIGUSR1, lambda signum, _: signalled.append(signum))
+    try:
+        assert holder.stdout.readline() == "held\n"
+        fd = os.open(up, os.O_RDONLY | os.O_DIRECTORY)
+
+        def diff() -> None:
+            try:
+                result.append(fsops.write_tar(fd, out.write))
+            except BaseException as e:  # checked below
+                result.append(e)
+
+        walker = threading.Thread(target=diff)
+        walker.start()
+        assert holder.stdout.readline() == "breaking\n"
+        deadline = time.monotonic() + 10
+        while walker.is_alive() and not _in_openat(walker.native_id or 0):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert walker.ident is not None
+        signal.pthread_kill(walker.ident, signal.SIGUSR1)  # Python's handler: no SA_RESTART
+        time.sleep(0.2)
+        assert walker.is_alive() and _in_openat(walker.native_id or 0), result
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline() == "released\n"
+        walker.join(10)
+        os.close(fd)
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+        holder.kill()
+        holder.wait()
+    assert result == [1], result
+    assert signalled == [signal.SIGUSR1]
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as t:
+        member = t.extractfile("f")
+        assert member is not None and member.read() == b"leased"
