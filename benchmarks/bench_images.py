@@ -5,16 +5,21 @@ Run: pytest benchmarks/bench_images.py --benchmark-only -p no:cacheprovider
 The image: 5 gzip layers, together about 85,000 files and 1 GB uncompressed,
 built once (tar --sort=name, gzip -1) and cached under PYSNAP_BENCH_IMAGES
 (default /var/tmp/pysnap-bench-images). Every row runs on tmpfs (/dev/shm)
-and on the root disk (/var/tmp), each round into a fresh root:
+and on an ext4 made for the run on the root disk (FILESYSTEMS says why not
+the root file system), each round into a fresh root:
 
-* unpack: pysnap's unpack (parallel, the default, and sequential, in the
-  same run on the same image), containerd 1.6 unpacking the same
+* unpack: pysnap's unpack (parallel, the default, sequential, and parallel
+  with sync=False, which leaves the layers' files to the kernel's writeback
+  as containerd does), containerd 1.6 unpacking the same
   image into its overlayfs snapshotter with the content already ingested
   (``ctr images import --no-unpack`` once, then ``ctr images mount``, which
   unpacks, per round), each of its rounds followed by a round of pysnap's
   parallel unpack (the side-by-side summary at the end: the same-run ratio
   on a shared machine), and ``umoci unpack``; extra_info gives the CPU
   seconds of each (containerd: the daemon's, its children's and ctr's);
+* unpack tmpfs, pipeline settings: pysnap's parallel unpack with its
+  defaults, with a second layer admitted at once, and with smaller and
+  larger batches between the pipeline's threads;
 * export: pysnap's export of the image plus one layer made on pysnap (the
   five source blobs reused, one layer diffed), beside ``umoci repack`` of the
   same change to an unpacked bundle.
@@ -52,7 +57,16 @@ SCALE = float(os.environ.get("PYSNAP_BENCH_IMAGE_SCALE", "1"))
 CACHE = (
     Path(os.environ.get("PYSNAP_BENCH_IMAGES", "/var/tmp/pysnap-bench-images")) / f"scale-{SCALE:g}"
 )
-FILESYSTEMS = {"tmpfs": "/dev/shm", "disk": "/var/tmp"}
+# tmpfs, and a new ext4 made for the session in a file on the root disk (loop-mounted;
+# mkfs defaults, so it has a journal). Not the root file system itself: where that is an
+# ext4 without a journal (this kind of machine's), ext4 passes over every inode deleted in
+# the last minute (longer while its inode table block is dirty) when it allocates one,
+# reading each in turn; a round right after the previous round's tree was removed then
+# spent 90% of its CPU in the kernel's recently_deleted() (perf), whatever the tool, and
+# took 17-36 s instead of 4-10 s.
+EXT4_IMAGE = Path("/var/tmp/pysnap-bench-ext4.img")
+EXT4_SIZE = "40G"
+FILESYSTEMS = {"tmpfs": "/dev/shm", "ext4": "/var/tmp/pysnap-bench-ext4"}
 # (files, bytes) per layer: about 85,000 files and 1 GB in all
 LAYERS = [
     (30_000, 360 << 20),
@@ -170,18 +184,45 @@ def image() -> Path:
     return _image()
 
 
+def _unmount_all(path: Path) -> None:
+    for m in pysnap.mountinfo.mounts_under(str(path)) if path.exists() else ():
+        pysnap.unmount(m.mount_point, detach=True)
+
+
+@pytest.fixture(scope="session")
+def ext4() -> Iterator[None]:
+    """The ext4 of FILESYSTEMS, sparse, its inode tables and journal written at mkfs (no
+    lazy initialisation writing them behind the rounds); removed at the end."""
+    mount = Path(FILESYSTEMS["ext4"])
+    _unmount_all(mount)  # a killed run's
+    mount.mkdir(exist_ok=True)
+    EXT4_IMAGE.unlink(missing_ok=True)
+    subprocess.run(["truncate", "-s", EXT4_SIZE, str(EXT4_IMAGE)], check=True)
+    mkfs = ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"]
+    subprocess.run([*mkfs, str(EXT4_IMAGE)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(EXT4_IMAGE), str(mount)], check=True)
+    try:
+        yield
+    finally:
+        _unmount_all(mount)
+        mount.rmdir()
+        EXT4_IMAGE.unlink()
+
+
 @pytest.fixture(params=list(FILESYSTEMS))
 def scratch(request: pytest.FixtureRequest) -> Iterator[Path]:
+    if request.param == "ext4":
+        request.getfixturevalue("ext4")
     d = Path(tempfile.mkdtemp(prefix="pysnap-bench-img-", dir=FILESYSTEMS[request.param]))
     yield d
     remove_tree(d)
 
 
-def _record(benchmark: Any, group: str, row: str) -> None:
+def _record(benchmark: Any, group: str, row: str, base: str = "pysnap") -> None:
     MEDIANS[(group, row)] = median(benchmark)
-    base = MEDIANS.get((group, "pysnap"))
-    if base:
-        benchmark.extra_info["ratio to pysnap"] = round(MEDIANS[(group, row)] / base, 2)
+    if (group, base) in MEDIANS:
+        ratio = MEDIANS[(group, row)] / MEDIANS[(group, base)]
+        benchmark.extra_info[f"ratio to {base}"] = round(ratio, 2)
 
 
 def _fs(scratch: Path) -> str:
@@ -203,24 +244,70 @@ def _cpu_info(benchmark: Any, cpu: list[float]) -> None:
 
 def _fresh(scratch: Path, name: str) -> Path:
     path = scratch / name
-    for m in pysnap.mountinfo.mounts_under(str(path)) if path.exists() else ():
-        pysnap.unmount(m.mount_point, detach=True)
+    _unmount_all(path)
     remove_tree(path)
     return path
 
 
-@pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "sequential"])
-def test_unpack_pysnap(benchmark: Any, image: Path, scratch: Path, parallel: bool) -> None:
+# row: (parallel, sync). pysnap flushes each layer (syncfs) before it commits it, so a
+# committed layer is on disk; containerd 1.6 leaves the files of its layers to the
+# kernel's writeback (only its metadata is flushed). "not flushed" is pysnap doing
+# the same (sync=False), to show what the flushes cost on ext4.
+UNPACKS = {
+    "pysnap": (True, True),
+    "pysnap sequential": (False, True),
+    "pysnap not flushed": (True, False),
+}
+
+
+@pytest.mark.parametrize("row", list(UNPACKS))
+def test_unpack_pysnap(benchmark: Any, image: Path, scratch: Path, row: str) -> None:
     group = f"unpack {_fs(scratch)}"
     benchmark.group = group
-    state: dict[str, Any] = {}
+    parallel, sync = UNPACKS[row]
+    _unpack_rounds(benchmark, image, scratch, parallel, rounds=2, sync=sync)
+    _record(benchmark, group, row)
 
+
+def _batches(size: int) -> dict[str, int]:
+    """Batches of ``size`` between the pipeline's threads (apply.py imports BATCH as its own)."""
+    return {f"pysnap.archive.{module}.BATCH": size for module in ("pipeline", "apply")}
+
+
+# The settings of the pipeline a reader would try first, beside the defaults: a second
+# layer admitted at once (IDLE -1: whatever the cores do), smaller or larger batches.
+TUNINGS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "two layers at once": {"pysnap.images.admission.IDLE": -1.0},
+    "batches of 256 KiB": _batches(256 << 10),
+    "batches of 4 MiB": _batches(4 << 20),
+}
+
+
+@pytest.mark.parametrize("scratch", ["tmpfs"], indirect=True)
+@pytest.mark.parametrize("tuning", list(TUNINGS))
+def test_unpack_tuning(
+    benchmark: Any, image: Path, scratch: Path, tuning: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    group = "unpack tmpfs, pipeline settings"
+    benchmark.group = group
+    for target, value in TUNINGS[tuning].items():
+        monkeypatch.setattr(target, value)
+    _unpack_rounds(benchmark, image, scratch, True, rounds=3)
+    _record(benchmark, group, tuning, base="defaults")
+
+
+def _unpack_rounds(
+    benchmark: Any, image: Path, scratch: Path, parallel: bool, rounds: int, sync: bool = True
+) -> None:
+    """Time ``rounds`` unpacks of ``image``, each into a fresh root under ``scratch``."""
+    state: dict[str, Any] = {}
     cpu: list[float] = []
 
     def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
         if "sn" in state:
             state["sn"].close()
-        state["sn"] = pysnap.OverlaySnapshotter(_fresh(scratch, "root"))
+        state["sn"] = pysnap.OverlaySnapshotter(_fresh(scratch, "root"), sync=sync)
         return (state["sn"],), {}
 
     def run(sn: pysnap.OverlaySnapshotter) -> pysnap.images.Image:
@@ -229,11 +316,10 @@ def test_unpack_pysnap(benchmark: Any, image: Path, scratch: Path, parallel: boo
         cpu.append(_cpu() - before)
         return result
 
-    result = benchmark.pedantic(run, setup=setup, rounds=2, iterations=1)
+    result = benchmark.pedantic(run, setup=setup, rounds=rounds, iterations=1)
     benchmark.extra_info["files"] = sum(layer.entries for layer in result.layers)
     _cpu_info(benchmark, cpu)
     state["sn"].close()
-    _record(benchmark, group, "pysnap" if parallel else "pysnap sequential")
 
 
 def test_unpack_umoci(benchmark: Any, image: Path, scratch: Path) -> None:
@@ -307,17 +393,19 @@ def test_unpack_containerd(benchmark: Any, image: Path, scratch: Path) -> None:
     # no longer listed it), in about one run of the row in four.
     targets: list[Path] = []
     ours: list[float] = []
-    cpu: dict[str, list[float]] = {"containerd": [], "pysnap": []}
+    # "containerd meanwhile": the daemon's CPU during pysnap's rounds
+    cpu: dict[str, list[float]] = {"containerd": [], "pysnap": [], "containerd meanwhile": []}
     with _containerd(scratch / "containerd") as (ctr, ctr_cpu):
         ctr("images", "import", "--no-unpack", str(CACHE / "oci.tar"))  # content ingested once
         backend = scratch / "containerd" / "io.containerd.snapshotter.v1.overlayfs" / "snapshots"
 
         def pysnap_round() -> None:
             with pysnap.OverlaySnapshotter(_fresh(scratch, "root")) as sn:
-                before, start = _cpu(), time.perf_counter()
+                before, start, theirs = _cpu(), time.perf_counter(), ctr_cpu()
                 unpack(sn, image)
                 ours.append(time.perf_counter() - start)
                 cpu["pysnap"].append(_cpu() - before)
+                cpu["containerd meanwhile"].append(ctr_cpu() - theirs)
             _fresh(scratch, "root")
 
         def remove_chain() -> None:
