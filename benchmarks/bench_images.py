@@ -5,8 +5,8 @@ Run: pytest benchmarks/bench_images.py --benchmark-only -p no:cacheprovider
 The image: 5 gzip layers, together about 85,000 files and 1 GB uncompressed,
 built once (tar --sort=name, gzip -1) and cached under PYSNAP_BENCH_IMAGES
 (default /var/tmp/pysnap-bench-images). Every row runs on tmpfs (/dev/shm)
-and on an ext4 made for the run on the root disk (FILESYSTEMS says why not
-the root file system), each round into a fresh root:
+and on an ext4 made for the run on the root disk (benchmarks/conftest.py says
+why not the root file system), each round into a fresh root:
 
 * unpack: pysnap's unpack (parallel, the default, sequential, and parallel
   with sync=False, which leaves the layers' files to the kernel's writeback
@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import record
+from conftest import EXT4_MOUNT, record, unmount_all
 from timing import cpu_of, median
 
 import pysnap
@@ -57,16 +57,8 @@ SCALE = float(os.environ.get("PYSNAP_BENCH_IMAGE_SCALE", "1"))
 CACHE = (
     Path(os.environ.get("PYSNAP_BENCH_IMAGES", "/var/tmp/pysnap-bench-images")) / f"scale-{SCALE:g}"
 )
-# tmpfs, and a new ext4 made for the session in a file on the root disk (loop-mounted;
-# mkfs defaults, so it has a journal). Not the root file system itself: where that is an
-# ext4 without a journal (this kind of machine's), ext4 passes over every inode deleted in
-# the last minute (longer while its inode table block is dirty) when it allocates one,
-# reading each in turn; a round right after the previous round's tree was removed then
-# spent 90% of its CPU in the kernel's recently_deleted() (perf), whatever the tool, and
-# took 17-36 s instead of 4-10 s.
-EXT4_IMAGE = Path("/var/tmp/pysnap-bench-ext4.img")
-EXT4_SIZE = "40G"
-FILESYSTEMS = {"tmpfs": "/dev/shm", "ext4": "/var/tmp/pysnap-bench-ext4"}
+# tmpfs, and a new ext4 on the root disk (conftest.ext4 says why not the root file system)
+FILESYSTEMS = {"tmpfs": "/dev/shm", "ext4": str(EXT4_MOUNT)}
 # (files, bytes) per layer: about 85,000 files and 1 GB in all
 LAYERS = [
     (30_000, 360 << 20),
@@ -184,31 +176,6 @@ def image() -> Path:
     return _image()
 
 
-def _unmount_all(path: Path) -> None:
-    for m in pysnap.mountinfo.mounts_under(str(path)) if path.exists() else ():
-        pysnap.unmount(m.mount_point, detach=True)
-
-
-@pytest.fixture(scope="session")
-def ext4() -> Iterator[None]:
-    """The ext4 of FILESYSTEMS, sparse, its inode tables and journal written at mkfs (no
-    lazy initialisation writing them behind the rounds); removed at the end."""
-    mount = Path(FILESYSTEMS["ext4"])
-    _unmount_all(mount)  # a killed run's
-    mount.mkdir(exist_ok=True)
-    EXT4_IMAGE.unlink(missing_ok=True)
-    subprocess.run(["truncate", "-s", EXT4_SIZE, str(EXT4_IMAGE)], check=True)
-    mkfs = ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"]
-    subprocess.run([*mkfs, str(EXT4_IMAGE)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(EXT4_IMAGE), str(mount)], check=True)
-    try:
-        yield
-    finally:
-        _unmount_all(mount)
-        mount.rmdir()
-        EXT4_IMAGE.unlink()
-
-
 @pytest.fixture(params=list(FILESYSTEMS))
 def scratch(request: pytest.FixtureRequest) -> Iterator[Path]:
     if request.param == "ext4":
@@ -244,7 +211,7 @@ def _cpu_info(benchmark: Any, cpu: list[float]) -> None:
 
 def _fresh(scratch: Path, name: str) -> Path:
     path = scratch / name
-    _unmount_all(path)
+    unmount_all(path)
     remove_tree(path)
     return path
 
