@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from isal import isal_zlib
 from layertar import dir_, file, link, symlink, tar
+from trees import make_chain
 
 import pysnap
 from pysnap.errors import InvalidArgumentError
@@ -373,27 +374,6 @@ with open(sys.argv[2], "wb") as out:
 """
 
 
-def _chain_of_dirs(top: Path, depth: int, files: dict[int, tuple[str, bytes]]) -> None:
-    """``top``/d/d/... ``depth`` levels deep (made through dir fds: no recursion, no
-    long paths), with ``files[level] = (name, data)`` at those levels (0 is ``top``)."""
-    top.mkdir()
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for level in range(depth + 1):
-            if level in files:
-                name, data = files[level]
-                f = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=fd)
-                os.write(f, data)
-                os.close(f)
-            if level < depth:
-                os.mkdir("d", dir_fd=fd)
-                below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-                os.close(fd)
-                fd = below
-    finally:
-        os.close(fd)
-
-
 @pytest.fixture
 def deep_tmp(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
@@ -404,7 +384,7 @@ def test_a_tree_deeper_than_the_fd_limit_is_written(deep_tmp: Path) -> None:
     """The walk held one fd per level and failed with EMFILE past the limit (1024 by
     default); it now keeps 64 open and reopens the levels above through ".."."""
     up = deep_tmp / "up"
-    _chain_of_dirs(up, 1000, {0: ("top", b"t"), 500: ("middle", b"m"), 1000: ("bottom", b"b")})
+    make_chain(up, 1000, files={0: ("top", b"t"), 500: ("middle", b"m"), 1000: ("bottom", b"b")})
     out = deep_tmp / "layer.tar"
     run = subprocess.run(
         [sys.executable, "-c", _DEEP_TAR, str(up), str(out)], capture_output=True, text=True
@@ -424,7 +404,7 @@ def test_a_directory_moved_out_from_under_a_deep_walk_is_refused(deep_tmp: Path)
     directory: one moved meanwhile is an UpperError, never a walk of another directory."""
     up = deep_tmp / "up"
     # the sink is first called while the walk is in the file at the bottom
-    _chain_of_dirs(up, 150, {150: ("f", os.urandom(3 << 20))})
+    make_chain(up, 150, files={150: ("f", os.urandom(3 << 20))})
     moved: list[bool] = []
 
     def sink(piece: memoryview) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from trees import tree_state
+from trees import make_chain, tree_state
 
 from pysnap import Info, Kind, Mount, OverlaySnapshotter, Usage, mounted
 from pysnap.errors import (
@@ -647,16 +647,7 @@ def test_key_of_511_bytes(sn: OverlaySnapshotter) -> None:
 
 def test_remove_deep_active(sn: OverlaySnapshotter) -> None:
     sn.prepare("deep")
-    fs = Path(sn.root, "snapshots", "1", "fs")
-    fd = os.open(fs, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(5000):  # relative opens: the path grows past PATH_MAX
-            os.mkdir("d", dir_fd=fd)
-            nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-    finally:
-        os.close(fd)
+    make_chain(Path(sn.root, "snapshots", "1", "fs", "d"), 4999)  # a path past PATH_MAX
     sn.remove("deep")
     assert os.listdir(Path(sn.root, "snapshots")) == []
 

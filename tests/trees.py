@@ -44,21 +44,33 @@ def tree_state(root: Path, *, times: bool = True) -> dict[str, tuple[object, ...
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-def make_chain(top: Path, depth: int, *, name: str = "d", leaf: bytes = b"") -> None:
-    """top/d/d/.../d (depth levels) with a file ``leaf`` at the bottom, made by dir
-    fds: no path longer than a name, so it can exceed PATH_MAX."""
+def make_chain(
+    top: Path,
+    depth: int,
+    *,
+    name: str = "d",
+    leaf: bytes = b"",
+    files: dict[int, tuple[str, bytes]] | None = None,
+) -> None:
+    """top/d/d/.../d (depth levels) with a file ``leaf`` at the bottom, or instead, given
+    ``files``, a file files[level] = (name, data) at each of those levels (0 is top).
+    Made by dir fds: no path longer than a name, so it can exceed PATH_MAX."""
+    placed = {depth: ("leaf", leaf)} if files is None else files
     top.mkdir()
     fd = os.open(top, _DIR)
     try:
-        for _ in range(depth):
-            os.mkdir(name, dir_fd=fd)
-            nfd = os.open(name, _DIR, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-        wfd = os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
-        try:
-            os.write(wfd, leaf)
-        finally:
-            os.close(wfd)
+        for level in range(depth + 1):
+            if level in placed:
+                file_name, data = placed[level]
+                wfd = os.open(file_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=fd)
+                try:
+                    os.write(wfd, data)
+                finally:
+                    os.close(wfd)
+            if level < depth:
+                os.mkdir(name, dir_fd=fd)
+                nfd = os.open(name, _DIR, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
     finally:
         os.close(fd)
