@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EXT4_MOUNT, record, unmount_all
+from conftest import EXT4_MOUNT, detach_mounts_under, record
 from timing import cpu_of, median
 
 import pysnap
@@ -211,7 +211,7 @@ def _cpu_info(benchmark: Any, cpu: list[float]) -> None:
 
 def _fresh(scratch: Path, name: str) -> Path:
     path = scratch / name
-    unmount_all(path)
+    detach_mounts_under(path)
     remove_tree(path)
     return path
 

@@ -45,7 +45,7 @@ EXT4_MOUNT = Path("/var/tmp/pysnap-bench-ext4")
 EXT4_SIZE = "40G"
 
 
-def unmount_all(path: Path) -> None:
+def detach_mounts_under(path: Path) -> None:
     """Detach every mount at or under ``path``."""
     for m in pysnap.mountinfo.mounts_under(str(path)) if path.exists() else ():
         pysnap.unmount(m.mount_point, detach=True)
@@ -55,7 +55,7 @@ def unmount_all(path: Path) -> None:
 def ext4() -> Iterator[Path]:
     """EXT4_MOUNT, sparse, its inode tables and journal written at mkfs (no lazy
     initialisation writing them behind the rounds); removed at the end."""
-    unmount_all(EXT4_MOUNT)  # a killed run's
+    detach_mounts_under(EXT4_MOUNT)  # a killed run's
     EXT4_MOUNT.mkdir(exist_ok=True)
     EXT4_IMAGE.unlink(missing_ok=True)
     subprocess.run(["truncate", "-s", EXT4_SIZE, str(EXT4_IMAGE)], check=True)
@@ -65,7 +65,7 @@ def ext4() -> Iterator[Path]:
     try:
         yield EXT4_MOUNT
     finally:
-        unmount_all(EXT4_MOUNT)
+        detach_mounts_under(EXT4_MOUNT)
         EXT4_MOUNT.rmdir()
         EXT4_IMAGE.unlink()
 

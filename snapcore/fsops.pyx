@@ -2331,7 +2331,7 @@ cdef class _TarWriter:
     cdef int _walk(self, int root) noexcept nogil:
         cdef Frame *f
         cdef char *name
-        cdef c.stat st, now
+        cdef c.stat st
         cdef int fd, dfd
         cdef ssize_t ln
         cdef const char *first
