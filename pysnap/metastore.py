@@ -90,6 +90,11 @@ _INHERITED_PATHS: set[str] = set()
 # An errno from its strerror text: py-lmdb reports a system error ("mdb_txn_commit:
 # No space left on device") as a message only.
 _ERRNO_BY_TEXT = {os.strerror(n): n for n in errno.errorcode}
+_SAME_PID = (
+    ": a process with this process's pid ({pid}) in another pid namespace (another "
+    "container) uses the store, and LMDB tells its users apart by pid alone; run the "
+    "processes that share a root in one pid namespace (docker run --pid=host, one pod)"
+)
 
 
 def _keep_forever(env: Any) -> None:
@@ -368,7 +373,12 @@ class MetaStore:
             return CorruptStoreError(f"{where}: the file is damaged: {e}")
         text = str(e).rpartition(": ")[2]
         if text in _ERRNO_BY_TEXT:
-            return StoreOSError(_ERRNO_BY_TEXT[text], f"{where}: {e}", self.data_path)
+            code = _ERRNO_BY_TEXT[text]
+            if isinstance(e, lmdb.LockError) and code in (errno.EAGAIN, errno.EACCES):
+                # LMDB marks a reader's process with an fcntl lock on the byte at its pid,
+                # and only another process with the same pid can hold that lock already
+                where += _SAME_PID.format(pid=os.getpid())
+            return StoreOSError(code, f"{where}: {e}", self.data_path)
         return SnapshotError(f"{where}: {e}")
 
     def _unusable(self) -> SnapshotError:

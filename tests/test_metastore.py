@@ -5,8 +5,10 @@ Multi-process cases use subprocesses (never an environment inherited by fork).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -596,6 +598,60 @@ def test_killed_reader_blocks_nothing(ms: MetaStore, tmp_path: Path) -> None:
     assert env.reader_check() == 0
     assert names(ms) == {"base"}
     create(ms, A, "after")
+
+
+_HOLDER = textwrap.dedent(
+    """
+    import sys
+    from pysnap.metastore import MetaStore
+    with MetaStore(sys.argv[1]):
+        print("open", flush=True)
+        sys.stdin.readline()
+    """
+)
+_OPEN = textwrap.dedent(
+    """
+    import sys
+    from pysnap.errors import StoreOSError
+    from pysnap.metastore import MetaStore
+    try:
+        MetaStore(sys.argv[1]).close()
+    except StoreOSError as e:
+        print(e.errno, e)
+    else:
+        print("opened")
+    """
+)
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1) (util-linux)")
+def test_the_same_pid_in_another_pid_namespace_is_refused_saying_why(tmp_path: Path) -> None:
+    """Two processes that are each pid 1 of a pid namespace (two containers sharing a root):
+    LMDB marks its users by an fcntl lock on the byte at their pid, so the second one cannot
+    open the store. It gets EAGAIN saying so, and opens once the first has gone."""
+    MetaStore(tmp_path).close()
+    in_new_pid_ns = ["unshare", "--pid", "--fork", "--mount-proc", *_PY]
+    first = subprocess.Popen(
+        [*in_new_pid_ns, _HOLDER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert first.stdin is not None and first.stdout is not None
+    try:
+        assert first.stdout.readline() == "open\n"
+        second = subprocess.run(
+            [*in_new_pid_ns, _OPEN, str(tmp_path)], capture_output=True, text=True, timeout=60
+        )
+        assert second.stdout.startswith(f"{errno.EAGAIN} "), second
+        assert "pid (1) in another pid namespace" in second.stdout
+    finally:
+        first.stdin.close()
+        first.wait(60)
+    again = subprocess.run(
+        [*in_new_pid_ns, _OPEN, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert again.stdout == "opened\n", again
 
 
 def test_reader_check_error_is_snapshot_error(
