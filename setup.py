@@ -9,12 +9,13 @@ DEBUG = bool(os.environ.get("SNAPCORE_DEBUG"))
 CFLAGS = (["-O0", "-g"] if DEBUG else ["-O2"]) + ["-Wall", "-Wsign-compare"]
 
 
-def ext(name: str) -> Extension:
+def ext(name: str, libraries: tuple[str, ...] = ()) -> Extension:
     return Extension(
         f"snapcore.{name}",
         [f"snapcore/{name}.pyx"],
         define_macros=[("_GNU_SOURCE", None)],
         extra_compile_args=CFLAGS,
+        libraries=list(libraries),
     )
 
 
@@ -28,6 +29,7 @@ setup(
             ext("wire"),
             ext("fsops"),
             ext("rmtree"),
+            ext("mdb", ("lmdb",)),  # the system's liblmdb (Debian: liblmdb-dev)
         ],
         compiler_directives={"language_level": "3", "embedsignature": True},
         annotate=DEBUG,

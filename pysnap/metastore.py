@@ -2,7 +2,8 @@
 
 Like containerd's ``snapshots/storage.MetaStore`` (``WithTransaction``), this
 module owns the environment; ``pysnap.storage`` holds the functions that read
-and write snapshot records through a :class:`Txn`. Nothing else touches lmdb.
+and write snapshot records through a :class:`Txn`. Nothing else touches LMDB
+(``snapcore.mdb``, pysnap's own binding of it).
 
 Layout: ``<root>/metadata.lmdb/`` (LMDB's ``data.mdb`` and ``lock.mdb``) with
 five named databases (record layouts in ``snapcore.keys``):
@@ -18,16 +19,16 @@ five named databases (record layouts in ``snapcore.keys``):
 Operational rules (DESIGN.md, "Metadata store"): the map is large and sparse;
 stale readers of killed processes are cleared on open (``reader_check``);
 ``close()`` waits for the transactions in flight, and every call after it is
-a ``ClosedError``; every ``lmdb.Error`` becomes a ``SnapshotError`` of the
+a ``ClosedError``; every ``mdb.MdbError`` becomes a ``SnapshotError`` of the
 right kind (``errors.kind_of``) with context.
 
 fork(): LMDB forbids using an environment in a child, and closing it there is
 a use that breaks the parent (the child's abort of a cached read transaction
 frees the parent's reader slot: MDB_BAD_RSLOT) and, once the child opened the
 root itself, drops the child's own POSIX locks (closing any fd of a file drops
-them all). So in a forked child every inherited environment is dropped without
-closing and kept alive for good (even through interpreter shutdown), and the
-child may open the root afresh.
+them all). So in a forked child every inherited store drops its environment,
+which ``snapcore.mdb`` only forgets there, and the child may open the root
+afresh.
 
 ``MetaStore.chains`` maps snapshot ids to the ids of their ancestors
 (immediate parent first), so that prepare, view and mounts on a deep chain
@@ -44,7 +45,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import gc
 import os
 import threading
 import weakref
@@ -52,9 +52,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-import lmdb
-
-from snapcore import keys
+from snapcore import keys, mdb
 
 from .errors import (
     ClosedError,
@@ -84,28 +82,11 @@ CHAINS_MAX = 1 << 22
 
 # The stores open in this process, for the fork hook.
 _OPEN: weakref.WeakSet[MetaStore] = weakref.WeakSet()
-# Data-file paths of environments a forked child inherited (kept, never closed).
-_INHERITED_PATHS: set[str] = set()
-
-# An errno from its strerror text: py-lmdb reports a system error ("mdb_txn_commit:
-# No space left on device") as a message only.
-_ERRNO_BY_TEXT = {os.strerror(n): n for n in errno.errorcode}
 _SAME_PID = (
     ": a process with this process's pid ({pid}) in another pid namespace (another "
     "container) uses the store, and LMDB tells its users apart by pid alone; run the "
     "processes that share a root in one pid namespace (docker run --pid=host, one pod)"
 )
-
-
-def _keep_forever(env: Any) -> None:
-    """Hold a reference no one drops: the environment is never closed nor freed here.
-
-    A list would not do: the interpreter's shutdown clears module globals,
-    and py-lmdb's deallocation closes the environment.
-    """
-    import ctypes  # only in a forked child that inherited a store
-
-    ctypes.pythonapi.Py_IncRef(ctypes.py_object(env))
 
 
 def _after_fork_in_child() -> None:
@@ -116,45 +97,19 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _forget_inherited(path: str) -> bool:
-    """Let this child open ``path`` although an inherited environment holds it.
-
-    py-lmdb refuses to open files that an environment of this process has
-    open ("already open in this process"), fork or not, and forgets them
-    only when that environment is closed, which a child must never do. The
-    guard protects the process's POSIX locks from a second environment's
-    close; the inherited one is never closed, so the child's own environment
-    is safe. The guard's set is private to py-lmdb: found by its contents
-    (the file keys of ``lmdb._envid``, or the real path in older versions).
-    Returns whether anything was forgotten.
-    """
-    try:
-        from lmdb import _envid
-
-        wanted: set[object] = set(_envid.env_keys(path, True))  # type: ignore[no-untyped-call]
-    except ImportError:  # py-lmdb < 3: the guard holds real paths
-        wanted = {os.path.realpath(path)}
-    found = False
-    for obj in gc.get_objects():
-        if type(obj) is set and obj is not wanted and not wanted.isdisjoint(obj):
-            obj.difference_update(wanted)
-            found = True
-    return found
-
-
 class Txn:
     """One LMDB transaction with the store's named databases.
 
     Only ``pysnap.storage`` reads its fields. It is also the context manager
     :meth:`MetaStore.transaction` returns (a plain class, not a generator:
-    it keeps the cost of a read transaction near py-lmdb's own).
+    it keeps the cost of a read transaction near LMDB's own).
     """
 
     __slots__ = (
         "_learned", "_ms", "chains", "ids", "meta", "parents", "refs", "snapshots", "txn", "write"
     )  # fmt: skip
 
-    def __init__(self, ms: MetaStore, txn: Any, write: bool) -> None:
+    def __init__(self, ms: MetaStore, txn: mdb.Txn, write: bool) -> None:
         self._ms = ms
         self.txn = txn
         self.write = write
@@ -187,23 +142,16 @@ class Txn:
                     return
                 try:
                     self.txn.commit()
-                except lmdb.Error as e:
-                    self._abort()
+                except mdb.MdbError as e:
                     raise self._ms._error(e, "commit") from e
                 if self._learned:
                     self._ms.remember(self._learned)
                 return
-            self._abort()
-            if isinstance(exc, lmdb.Error):
+            self.txn.abort()
+            if isinstance(exc, mdb.MdbError):
                 raise self._ms._error(exc, "transaction") from exc
         finally:
             self._ms._leave()
-
-    def _abort(self) -> None:
-        try:
-            self.txn.abort()
-        except lmdb.Error:  # pragma: no cover - abort only fails on a closed env
-            pass
 
 
 class MetaStore:
@@ -251,7 +199,7 @@ class MetaStore:
         self._inflight: collections.deque[None] = collections.deque()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._env: Any = None
+        self._env: mdb.Env | None = None
         self._dbs: tuple[Any, Any, Any, Any, Any] = (None,) * 5
         self.chains: dict[int, tuple[int, ...]] = {}
         self._chain_ids = 0
@@ -266,7 +214,7 @@ class MetaStore:
             self._dbs = self._open_dbs(env, found, on_new_store, on_new_refs)
         except BaseException as e:
             env.close()
-            if isinstance(e, lmdb.Error):
+            if isinstance(e, mdb.MdbError):
                 raise self._error(e, "open") from e
             raise
         self._env = env
@@ -282,33 +230,20 @@ class MetaStore:
             f"{self.data_path} was empty" if size == 0 else f"{self.data_path} has no meta record"
         )
 
-    def _open_env(self, map_size: int, sync: bool) -> Any:
-        for attempt in (1, 2):
-            try:
-                return lmdb.open(
-                    self.path,
-                    map_size=map_size,
-                    max_dbs=8,
-                    max_readers=MAX_READERS,
-                    sync=sync,
-                    metasync=sync,
-                    readahead=False,  # random access to a sparse map: don't read ahead
-                    lock=True,
-                    mode=0o644,  # containerd opens metadata.db 0644
-                    max_spare_txns=4,
-                )
-            except lmdb.Error as e:
-                real = os.path.realpath(self.data_path)
-                # Once only: a second open in this child meets its own first
-                # environment, which the guard must keep refusing.
-                if attempt == 1 and real in _INHERITED_PATHS and "already open" in str(e):
-                    _INHERITED_PATHS.discard(real)
-                    if _forget_inherited(self.path):
-                        continue  # a forked child opening its parent's root itself
-                raise self._error(e, "open") from e
-        raise AssertionError("unreachable")  # pragma: no cover
+    def _open_env(self, map_size: int, sync: bool) -> mdb.Env:
+        try:
+            return mdb.Env(
+                self.path,
+                map_size=map_size,
+                max_dbs=8,
+                max_readers=MAX_READERS,
+                sync=sync,
+                mode=0o644,  # containerd opens metadata.db 0644
+            )
+        except mdb.MdbError as e:
+            raise self._error(e, "open") from e
 
-    def _check_size(self, env: Any) -> None:
+    def _check_size(self, env: mdb.Env) -> None:
         """Refuse a data file shorter than its last page: reading it would be SIGBUS."""
         end = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
         size = os.stat(self.data_path).st_size
@@ -320,7 +255,7 @@ class MetaStore:
 
     def _open_dbs(
         self,
-        env: Any,
+        env: mdb.Env,
         found: str,
         on_new_store: Callable[[str], None] | None,
         on_new_refs: Callable[[Txn], None] | None,
@@ -328,7 +263,7 @@ class MetaStore:
         with env.begin(write=True) as txn:
             new_refs = txn.get(_DB_REFS) is None  # named databases are keys of the main one
             dbs = tuple(
-                env.open_db(name, txn=txn, create=True)
+                env.open_db(txn, name)
                 for name in (_DB_SNAPSHOTS, _DB_PARENTS, _DB_IDS, _DB_META, _DB_REFS)
             )
             raw = txn.get(META_SCHEMA, db=dbs[3])
@@ -347,38 +282,36 @@ class MetaStore:
                     f"metadata store {self.path} has schema version {version}; "
                     f"this pysnap reads version {SCHEMA_VERSION} only"
                 )
-            if new_refs and on_new_refs is not None and txn.stat(dbs[0])["entries"]:
+            snapshots, parents, ids, meta, refs = dbs
+            if new_refs and on_new_refs is not None and txn.stat(snapshots)["entries"]:
                 # A store of an older pysnap: index its records once, in this transaction.
-                self._dbs = dbs
+                self._dbs = snapshots, parents, ids, meta, refs
                 on_new_refs(Txn(self, txn, True))
-        snapshots, parents, ids, meta, refs = dbs
         return snapshots, parents, ids, meta, refs
 
-    def _error(self, e: lmdb.Error, what: str) -> SnapshotError:
-        """The SnapshotError of the right kind for an lmdb.Error during ``what``."""
+    def _error(self, e: mdb.MdbError, what: str) -> SnapshotError:
+        """The SnapshotError of the right kind for an MdbError during ``what``."""
         where = f"metadata store {self.data_path} ({what})"
-        if isinstance(e, lmdb.MapFullError):
+        if isinstance(e, mdb.MapFullError):
             size = self._env.info()["map_size"] if self._env is not None else None
             return MapFullError(
                 f"{where}: the map size{f' ({size} bytes)' if size else ''} is used up: {e}; "
                 "open it again with a larger map size (OverlaySnapshotter(root, map_size=...), "
                 "pysnap --map-size)"
             )
-        if isinstance(e, lmdb.PanicError):
+        if isinstance(e, mdb.PanicError):
             return CorruptStoreError(
                 f"{where}: LMDB refuses every transaction after a failed write (MDB_PANIC); "
                 f"close and open the snapshotter again: {e}"
             )
-        if isinstance(e, (lmdb.CorruptedError, lmdb.InvalidError, lmdb.PageNotFoundError)):
+        if isinstance(e, mdb.CorruptError):
             return CorruptStoreError(f"{where}: the file is damaged: {e}")
-        text = str(e).rpartition(": ")[2]
-        if text in _ERRNO_BY_TEXT:
-            code = _ERRNO_BY_TEXT[text]
-            if isinstance(e, lmdb.LockError) and code in (errno.EAGAIN, errno.EACCES):
+        if e.code > 0:  # an errno
+            if e.where == "mdb_txn_begin" and e.code in (errno.EAGAIN, errno.EACCES):
                 # LMDB marks a reader's process with an fcntl lock on the byte at its pid,
                 # and only another process with the same pid can hold that lock already
                 where += _SAME_PID.format(pid=os.getpid())
-            return StoreOSError(code, f"{where}: {e}", self.data_path)
+            return StoreOSError(e.code, f"{where}: {e}", self.data_path)
         return SnapshotError(f"{where}: {e}")
 
     def _unusable(self) -> SnapshotError:
@@ -402,7 +335,7 @@ class MetaStore:
         """A context manager giving a :class:`Txn`.
 
         A write block that exits normally is committed; an error, or any read
-        block, aborts. An ``lmdb.Error`` leaves as a ``SnapshotError``.
+        block, aborts. An ``mdb.MdbError`` leaves as a ``SnapshotError``.
         ``close()`` waits until the block has exited.
 
         Raises:
@@ -410,15 +343,15 @@ class MetaStore:
         """
         env = self._enter()
         try:
-            txn = env.begin(None, None, write)
+            txn = env.begin(write)
         except BaseException as e:
             self._leave()
-            if isinstance(e, lmdb.Error):
+            if isinstance(e, mdb.MdbError):
                 raise self._error(e, "begin") from e
             raise
         return Txn(self, txn, write)
 
-    def _enter(self) -> Any:
+    def _enter(self) -> mdb.Env:
         """Count a transaction in flight; its environment. Raises ClosedError."""
         self._inflight.append(None)
         env = self._env
@@ -437,7 +370,7 @@ class MetaStore:
         """The ``snapshots`` record stored under ``name``, read in a transaction of its own.
 
         Stat's hot path: no :class:`Txn`, no context manager, one begin, get
-        and abort (LMDB keeps the reader slot, py-lmdb the spare transaction).
+        and abort (the transaction is kept, reset, for the next read).
 
         Raises:
             ClosedError: the store is closed (or was opened before a fork).
@@ -447,12 +380,12 @@ class MetaStore:
             env = self._env
             if env is None:
                 raise self._unusable()
-            txn = env.begin(None, None, False)
+            txn = env.begin(False)
             try:
                 raw: bytes | None = txn.get(name, None, self._dbs[0])
             finally:
                 txn.abort()
-        except lmdb.Error as e:
+        except mdb.MdbError as e:
             raise self._error(e, "read") from e
         finally:
             self._leave()
@@ -462,8 +395,8 @@ class MetaStore:
         """Flush the environment to disk (meaningful with ``sync=False``)."""
         env = self._enter()
         try:
-            env.sync(True)
-        except lmdb.Error as e:
+            env.sync()
+        except mdb.MdbError as e:
             raise self._error(e, "sync") from e
         finally:
             self._leave()
@@ -484,15 +417,14 @@ class MetaStore:
         env.close()
 
     def _drop_after_fork(self) -> None:
-        """In a forked child: forget the environment without closing it (see above)."""
+        """In a forked child: drop the environment, which mdb only forgets there."""
         self._lock = threading.Lock()  # another thread may have held it at fork
         self._idle = threading.Condition(self._lock)
         self._inflight = collections.deque()
         env, self._env = self._env, None
         self._dbs = (None,) * 5
         if env is not None:
-            _keep_forever(env)
-            _INHERITED_PATHS.add(os.path.realpath(self.data_path))
+            env.close()
 
     @property
     def closed(self) -> bool:

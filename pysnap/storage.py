@@ -22,9 +22,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import lmdb
-
-from snapcore import keys
+from snapcore import keys, mdb
 
 from .errors import (
     AlreadyExistsError,
@@ -268,7 +266,7 @@ def find_committed_by_ref(tx: Txn, ref: str, parent: str) -> str | None:
                 break
             nb = get(k[_REF_PREFIX:], None, tx.ids)
             raw = None if nb is None else get(nb, None, tx.snapshots)
-            if raw is None:
+            if nb is None or raw is None:
                 continue
             name: str = nb.decode()
             _, kind, p, labels = _record(name, raw)[:4]
@@ -353,7 +351,7 @@ def get_info(tx: Txn, key: str) -> tuple[int, Info, Usage]:
     """
     try:
         raw = tx.txn.get(key.encode(), None, tx.snapshots)
-    except (AttributeError, UnicodeEncodeError, lmdb.BadValsizeError):
+    except (AttributeError, UnicodeEncodeError, mdb.BadValSizeError):
         _key_bytes(key)
         raise
     if raw is None:
@@ -532,11 +530,11 @@ def remove(tx: Txn, key: str) -> tuple[int, Kind]:
 
 def walk_info(tx: Txn) -> list[Info]:
     """The Info of every snapshot, in name order (bytewise UTF-8)."""
-    with tx.txn.cursor(tx.snapshots) as cur:
-        try:
-            return keys.decode_infos(cur.iternext())
-        except _RecordError as e:
-            raise CorruptStoreError(f"metadata store corrupt: {e}") from e
+    try:
+        infos: list[Info] = mdb.snapshot_infos(tx.txn, tx.snapshots)
+    except _RecordError as e:
+        raise CorruptStoreError(f"metadata store corrupt: {e}") from e
+    return infos
 
 
 def id_map(tx: Txn) -> dict[int, str]:

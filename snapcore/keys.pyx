@@ -70,8 +70,6 @@ cdef extern from *:
     """
     object snap_tuple_alloc(object type, Py_ssize_t n)
     bint snap_is_ascii(const char *p, Py_ssize_t n) nogil
-    int PyGC_Disable()
-    int PyGC_Enable()
     const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
     object PyUnicode_New(Py_ssize_t size, unsigned int maxchar)
     void *PyUnicode_DATA(object s)
@@ -98,7 +96,7 @@ cdef tuple _kinds = None
 
 
 def register_types(info_type, usage_type, kind_type):
-    """Make decode_info()/decode_infos() build ``info_type`` and ``usage_type``.
+    """Make decode_info(), decode_stat() and mdb's walk build ``info_type``, ``usage_type``.
 
     Both must be tuple subclasses without ``__init__`` (pysnap.types.Info and
     Usage); ``kind_type(n)`` gives the kind objects for n in 1..3.
@@ -259,7 +257,7 @@ cdef inline int _read_head(const char *p, Py_ssize_t n, _Head *h) except -1:
 cdef object _utf8(const char *p, Py_ssize_t n, str what):
     # Names are nearly always ASCII: copying into a new compact ASCII str
     # skips the UTF-8 decoder's setup (with the shared int in _make_info,
-    # decode_infos of 1,000 records measured ~18% faster).
+    # a walk of 1,000 records measured ~18% faster).
     if snap_is_ascii(p, n):
         s = PyUnicode_New(n, 127)
         memcpy(PyUnicode_DATA(s), p, n)
@@ -385,28 +383,7 @@ def decode_info(str name not None, bytes data not None):
     return (h.id, info, usage)
 
 
-def decode_infos(items):
-    """A list of Info from an iterable of ``(name bytes, record bytes)`` pairs.
-
-    Walk's loop in C: feed it an LMDB cursor's ``iternext()``.
-    """
+cdef object info_from(const char *name, size_t name_len, const char *record, size_t record_len):
+    """The Info of ``record`` stored under ``name`` (UTF-8): snapcore.mdb's walk."""
     cdef _Head h
-    cdef list out = []
-    cdef bytes k, v
-    # Every Info is a new GC-tracked object and none can form a cycle: the
-    # collector passes over 100,000 of them would cost ~30% of the walk.
-    # PyGC_Disable() returns the previous state, which is restored.
-    cdef int gc_was_enabled = PyGC_Disable()
-    try:
-        for pair in items:
-            k, v = pair
-            # a bytes-typed local also takes None, which PyBytes_AS_STRING
-            # would read as if it were bytes
-            if k is None or v is None:
-                raise TypeError("decode_infos: names and records must be bytes, not None")
-            name = _utf8(PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k), "snapshot name")
-            out.append(_make_info(name, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v), &h))
-    finally:
-        if gc_was_enabled:
-            PyGC_Enable()
-    return out
+    return _make_info(_utf8(name, name_len, "snapshot name"), record, record_len, &h)

@@ -59,7 +59,6 @@ def test_round_trip(impl: ModuleType) -> None:
     )
     assert info.kind is Kind.ACTIVE
     assert usage == Usage(4096, 3)
-    assert impl.decode_infos([(b"name", rec)]) == [info]
     stat = impl.decode_stat("name", rec)
     assert stat == info and type(stat) is Info
 
@@ -166,37 +165,6 @@ def test_truncations(impl: ModuleType) -> None:
                 decode("x", rec[:n])
 
 
-def test_decode_infos_ascii_and_not(impl: ModuleType) -> None:
-    # ASCII text takes a copying shortcut in snapcore: both paths give equal
-    # str, and equal timestamps come back as equal ints.
-    names = ["a", "x0-c9", "tab\there\x7f", "ü", "snap-日本", "\x00"]
-    pairs = []
-    expected = []
-    for i, name in enumerate(names):
-        parent = names[i - 1]
-        labels = {name: parent, "k": "v"}
-        created = 10**18 + i
-        updated = created if i % 2 else created + 1
-        pairs.append(
-            (name.encode(), impl.encode_record(i + 1, 3, parent, labels, created, updated))
-        )
-        expected.append(
-            Info(Kind.COMMITTED, name, parent, labels, created_ns=created, updated_ns=updated)
-        )
-    infos = impl.decode_infos(pairs)
-    assert infos == expected
-    for info, name in zip(infos, names, strict=True):
-        assert info.name == name and hash(info.name) == hash(name)
-        assert info.name.isascii() == name.isascii()
-
-
-def test_decode_infos_bad_name() -> None:
-    rec = keys.encode_record(1, 1, "", {}, 0, 0)
-    for impl in IMPLS.values():
-        with pytest.raises(ValueError, match="UTF-8"):
-            impl.decode_infos([(b"\xff", rec)])
-
-
 def test_parent_keys_sort_numerically() -> None:
     pairs = [(0, 0), (1, 2**64 - 1), (2, 0), (255, 1), (256, 0), (2**64 - 1, 7)]
     encoded = [keys.parent_key(p, c) for p, c in pairs]
@@ -265,32 +233,6 @@ def test_property_flipped_bytes(parent: str, labels: dict[str, str], data: st.Da
         assert _outcome(keys, bytes(rec), fn) == _outcome(_reference, bytes(rec), fn)
 
 
-def test_decode_infos_restores_gc_state() -> None:
-    import gc
-
-    rec = keys.encode_record(1, 1, "", {}, 0, 0)
-    assert gc.isenabled()
-    assert len(keys.decode_infos([(b"a", rec)] * 3)) == 3
-    assert gc.isenabled()
-    with pytest.raises(ValueError):
-        keys.decode_infos([(b"a", rec), (b"b", b"junk")])
-    assert gc.isenabled()
-    gc.disable()
-    try:
-        keys.decode_infos([(b"a", rec)])
-        assert not gc.isenabled()
-    finally:
-        gc.enable()
-
-
-def test_decode_infos_refuses_none() -> None:
-    # a None name or record must not be read as bytes (it used to decode as b"")
-    rec = keys.encode_record(1, 1, "", {}, 0, 0)
-    for pair in ((None, rec), (b"a", None)):
-        with pytest.raises(TypeError):
-            keys.decode_infos([pair])
-
-
 def test_decode_info_before_register_types() -> None:
     # a fresh interpreter: storage has registered the types in this one
     import subprocess
@@ -299,8 +241,7 @@ def test_decode_info_before_register_types() -> None:
     code = (
         "from snapcore import keys\n"
         "rec = keys.encode_record(1, 1, '', {}, 0, 0)\n"
-        "calls = (lambda: keys.decode_info('a', rec), lambda: keys.decode_stat('a', rec),\n"
-        "         lambda: keys.decode_infos([(b'a', rec)]))\n"
+        "calls = (lambda: keys.decode_info('a', rec), lambda: keys.decode_stat('a', rec))\n"
         "for call in calls:\n"
         "    try:\n"
         "        call()\n"
