@@ -2,11 +2,14 @@
 
 Baselines side by side in each group:
 
-- stat: a bare py-lmdb read transaction with one get (the floor: no decoding,
-  no objects), and the same get_info path decoding with the _reference twin.
-  "per txn" opens a read transaction per stat (what ``OverlaySnapshotter.stat``
-  does); "one txn" stats inside one long read transaction.
-- walk: the same cursor decoded by the _reference twin.
+- stat: a bare read transaction with one get through snapcore.mdb (the
+  floor: no decoding, no objects) and through py-lmdb (on a copy of the
+  store: one process must not open it twice), and the same get_info path
+  decoding with the _reference twin. "per txn" opens a read transaction per
+  stat (what ``OverlaySnapshotter.stat`` does); "one txn" stats inside one
+  long read transaction.
+- walk: the same records decoded by the _reference twin, and py-lmdb's
+  cursor alone over the copy (the cost of its items before any decoding).
 - writes: create, commit and remove, each its own write transaction, with
   ``sync=True`` (durable on return) and ``sync=False``.
 
@@ -23,6 +26,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+import lmdb
 import pytest
 from timing import median
 
@@ -56,6 +60,17 @@ def big_store() -> Iterator[MetaStore]:
 KEY = "chain7/layer42"
 
 
+@pytest.fixture(scope="module")
+def py_lmdb_copy(big_store: MetaStore) -> Iterator[tuple[Any, Any]]:
+    """py-lmdb's environment and ``snapshots`` database on a copy of big_store's data file."""
+    copy = tempfile.mkdtemp(prefix="pysnap-bench-store-", dir="/var/tmp")
+    shutil.copy(big_store.data_path, copy)
+    env = lmdb.open(copy, max_dbs=8, readahead=False, max_spare_txns=4)
+    yield env, env.open_db(b"snapshots", create=False)
+    env.close()
+    shutil.rmtree(copy)
+
+
 def _stat_per_txn(ms: MetaStore, key: str) -> Info:
     with ms.transaction() as tx:
         return storage.get_info(tx, key)[1]
@@ -64,21 +79,30 @@ def _stat_per_txn(ms: MetaStore, key: str) -> Info:
 def _stat_reference(ms: MetaStore, key: str) -> Info:
     with ms.transaction() as tx:
         raw = tx.txn.get(key.encode(), None, tx.snapshots)
+        assert raw is not None
         return _reference.decode_info(key, raw)[1]
 
 
-def _raw_get(ms: MetaStore, key: str) -> bytes:
-    txn = ms._env.begin()
-    raw: bytes = txn.get(key.encode(), None, ms._dbs[0])
+def _raw_get(env: Any, db: Any, key: str) -> bytes:
+    txn = env.begin()
+    raw: bytes = txn.get(key.encode(), None, db)
     txn.abort()
     return raw
 
 
-STAT = ["pysnap per txn", "pysnap one txn", "reference per txn", "py-lmdb begin+get only"]
+STAT = [
+    "pysnap per txn",
+    "pysnap one txn",
+    "reference per txn",
+    "mdb begin+get only",
+    "py-lmdb begin+get only",
+]
 
 
 @pytest.mark.parametrize("impl", STAT)
-def test_stat(benchmark: Any, big_store: MetaStore, impl: str) -> None:
+def test_stat(
+    benchmark: Any, big_store: MetaStore, py_lmdb_copy: tuple[Any, Any], impl: str
+) -> None:
     benchmark.group = "store: stat (get_info + Info)"
     want = _stat_per_txn(big_store, KEY)
     if impl == "pysnap per txn":
@@ -86,8 +110,10 @@ def test_stat(benchmark: Any, big_store: MetaStore, impl: str) -> None:
     elif impl == "reference per txn":
         benchmark.extra_info["correct"] = _stat_reference(big_store, KEY) == want
         benchmark(_stat_reference, big_store, KEY)
+    elif impl == "mdb begin+get only":
+        benchmark(_raw_get, big_store._env, big_store._dbs[0], KEY)
     elif impl == "py-lmdb begin+get only":
-        benchmark(_raw_get, big_store, KEY)
+        benchmark(_raw_get, *py_lmdb_copy, KEY)
     else:
         with big_store.transaction() as tx:
             benchmark(storage.get_info, tx, KEY)
@@ -99,40 +125,49 @@ def _walk_reference(ms: MetaStore) -> list[Info]:
         return _reference.decode_infos(cur.iternext())
 
 
+def _py_lmdb_items(env: Any, db: Any) -> list[tuple[bytes, bytes]]:
+    with env.begin() as txn, txn.cursor(db) as cur:
+        return list(cur.iternext())
+
+
 def _walk(ms: MetaStore) -> list[Info]:
     with ms.transaction() as tx:
         return storage.walk_info(tx)
 
 
-@pytest.mark.parametrize("impl", ["pysnap", "reference"])
-def test_walk(benchmark: Any, big_store: MetaStore, impl: str) -> None:
+@pytest.mark.parametrize("impl", ["pysnap", "reference", "py-lmdb cursor only"])
+def test_walk(
+    benchmark: Any, big_store: MetaStore, py_lmdb_copy: tuple[Any, Any], impl: str
+) -> None:
     benchmark.group = f"store: walk {N_WALK:,} snapshots"
-    fn = _walk if impl == "pysnap" else _walk_reference
-    infos = fn(big_store)
-    assert len(infos) == N_WALK
-    benchmark.extra_info["correct"] = infos == _walk(big_store)
-    benchmark.pedantic(fn, args=(big_store,), rounds=5, iterations=1, warmup_rounds=1)
+    if impl == "py-lmdb cursor only":
+        fn: Any = _py_lmdb_items
+        args: tuple[Any, ...] = py_lmdb_copy
+    else:
+        fn, args = (_walk if impl == "pysnap" else _walk_reference), (big_store,)
+        benchmark.extra_info["correct"] = fn(*args) == _walk(big_store)
+    assert len(fn(*args)) == N_WALK
+    benchmark.pedantic(fn, args=args, rounds=5, iterations=1, warmup_rounds=1)
     benchmark.extra_info["snapshots_per_s"] = N_WALK / median(benchmark)
 
 
 @pytest.fixture(params=[True, False], ids=["sync", "nosync"])
-def write_store(request: pytest.FixtureRequest) -> Iterator[MetaStore]:
+def write_store(request: pytest.FixtureRequest) -> Iterator[tuple[MetaStore, bool]]:
     root = tempfile.mkdtemp(prefix="pysnap-bench-store-", dir="/var/tmp")
     ms = MetaStore(root, sync=request.param)
     with ms.transaction(write=True) as tx:
         storage.create_snapshot(tx, Kind.ACTIVE, "base-a", "", None)
         storage.commit_active(tx, "base-a", "base", Usage(), None)
-    yield ms
+    yield ms, request.param
     ms.close()
     shutil.rmtree(root)
 
 
 @pytest.mark.parametrize("op", ["create", "commit", "remove"])
-def test_write_txn(benchmark: Any, write_store: MetaStore, op: str) -> None:
+def test_write_txn(benchmark: Any, write_store: tuple[MetaStore, bool], op: str) -> None:
     """One write transaction per call; the other steps of the cycle run in setup."""
-    ms = write_store
-    sync = "sync=True" if ms._env.flags()["sync"] else "sync=False"
-    benchmark.group = f"store: write transactions, {sync}"
+    ms, sync = write_store
+    benchmark.group = f"store: write transactions, sync={sync}"
     counter = itertools.count()
 
     def create(key: str) -> None:
@@ -157,5 +192,5 @@ def test_write_txn(benchmark: Any, write_store: MetaStore, op: str) -> None:
         return (key,), {}
 
     fn = {"create": create, "commit": commit, "remove": remove}[op]
-    benchmark.pedantic(fn, setup=setup, rounds=300 if "True" in sync else 2000)
+    benchmark.pedantic(fn, setup=setup, rounds=300 if sync else 2000)
     benchmark.extra_info["txn_per_s"] = 1 / median(benchmark)
