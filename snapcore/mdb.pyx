@@ -210,6 +210,28 @@ cdef enum:
     _MAX_SPARE = 4      # reset read transactions kept for reuse
 
 
+cdef class _Linked:
+    # A member of a doubly linked list of borrowed references (Env.live,
+    # Txn.cursors): what an ending owner must end first.
+    cdef PyObject *prev
+    cdef PyObject *next
+
+    cdef void _link(self, PyObject **head) noexcept:
+        self.next = head[0]
+        if head[0] != NULL:
+            (<_Linked>head[0]).prev = <PyObject *>self
+        head[0] = <PyObject *>self
+
+    cdef void _unlink(self, PyObject **head) noexcept:
+        if self.prev != NULL:
+            (<_Linked>self.prev).next = self.next
+        else:
+            head[0] = self.next
+        if self.next != NULL:
+            (<_Linked>self.next).prev = self.prev
+        self.prev = self.next = NULL
+
+
 cdef class Db:
     """A named database of an environment (an MDB_dbi)."""
 
@@ -229,7 +251,7 @@ cdef class Env:
     cdef int nspare
     cdef int pid
     cdef int busy            # calls in flight without the GIL
-    cdef PyObject *live      # the Txns not yet ended (a list through Txn.next)
+    cdef PyObject *live      # the Txns not yet ended
     cdef tuple file_ids
     cdef readonly str path
 
@@ -314,10 +336,7 @@ cdef class Env:
             _raise(rc, "mdb_txn_begin")
         t.env = self
         t.write = write
-        t.next = self.live
-        if self.live != NULL:
-            (<Txn>self.live).prev = <PyObject *>t
-        self.live = <PyObject *>t
+        t._link(&self.live)
         return t
 
     def open_db(self, Txn txn not None, bytes name not None):
@@ -398,16 +417,14 @@ cdef dict _stat_dict(MDB_stat *s):
 
 
 @cython.no_gc_clear  # __dealloc__ needs env: ending the transaction
-cdef class Txn:
+cdef class Txn(_Linked):
     """A transaction (from :meth:`Env.begin`). As a context manager it commits a
     block that exits normally and aborts otherwise."""
 
     cdef MDB_txn *txn
     cdef Env env
     cdef bint write
-    cdef PyObject *prev     # Env.live, a doubly linked list
-    cdef PyObject *next
-    cdef PyObject *cursors          # the open Cursors (a list through Cursor.next)
+    cdef PyObject *cursors  # the open Cursors
 
     cdef int _usable(self) except -1:
         if self.txn == NULL:
@@ -423,13 +440,7 @@ cdef class Txn:
         cdef Env env = self.env
         while self.cursors != NULL:
             (<Cursor>self.cursors)._close()
-        if self.prev != NULL:
-            (<Txn>self.prev).next = self.next
-        else:
-            env.live = self.next
-        if self.next != NULL:
-            (<Txn>self.next).prev = self.prev
-        self.prev = self.next = NULL
+        self._unlink(&env.live)
         if env.pid != snap_mdb_pid:
             pass  # a forked child's: LMDB must not be touched (module doc)
         elif not commit_ok:
@@ -486,10 +497,7 @@ cdef class Txn:
         self._usable()
         _check(mdb_cursor_open(self.txn, db.dbi, &c.cur), "mdb_cursor_open")
         c.txn = self
-        c.next = self.cursors
-        if self.cursors != NULL:
-            (<Cursor>self.cursors).prev = <PyObject *>c
-        self.cursors = <PyObject *>c
+        c._link(&self.cursors)
         return c
 
     def commit(self):
@@ -530,24 +538,15 @@ cdef class Txn:
 
 
 @cython.no_gc_clear  # __dealloc__ needs txn: closing the cursor
-cdef class Cursor:
+cdef class Cursor(_Linked):
     """A cursor of a transaction's database (from :meth:`Txn.cursor`)."""
 
     cdef MDB_cursor *cur
     cdef Txn txn
-    cdef PyObject *prev     # Txn.cursors, a doubly linked list
-    cdef PyObject *next
     cdef bint positioned
 
     cdef void _close(self) noexcept:
-        cdef Txn txn = self.txn
-        if self.prev != NULL:
-            (<Cursor>self.prev).next = self.next
-        else:
-            txn.cursors = self.next
-        if self.next != NULL:
-            (<Cursor>self.next).prev = self.prev
-        self.prev = self.next = NULL
+        self._unlink(&self.txn.cursors)
         mdb_cursor_close(self.cur)
         self.cur = NULL
 

@@ -140,10 +140,13 @@ def test_errors_have_their_kinds(tmp_path: Path) -> None:
 def test_ended_objects_refuse_use_instead_of_crashing(env: mdb.Env) -> None:
     db = _db(env)
     txn = env.begin(write=True)
-    cur = txn.cursor(db)
+    cur, other, third = txn.cursor(db), txn.cursor(db), txn.cursor(db)
+    other.close()  # the middle of the transaction's list of cursors
     txn.put(b"k", b"v", db)
+    assert third.set_range(b"k")
     txn.commit()
-    for call in (lambda: txn.get(b"k", None, db), lambda: cur.set_range(b"k"), txn.commit):
+    calls = (lambda: txn.get(b"k", None, db), lambda: cur.set_range(b"k"), third.key, txn.commit)
+    for call in calls:
         with pytest.raises(mdb.MdbError, match=r"ended|closed"):
             call()
     txn.abort()  # idempotent
