@@ -265,8 +265,10 @@ def find_committed_by_ref(tx: Txn, ref: str, parent: str) -> str | None:
             if k[:_REF_PREFIX] != prefix:
                 break
             nb = get(k[_REF_PREFIX:], None, tx.ids)
-            raw = None if nb is None else get(nb, None, tx.snapshots)
-            if nb is None or raw is None:
+            if nb is None:
+                continue
+            raw = get(nb, None, tx.snapshots)
+            if raw is None:
                 continue
             name: str = nb.decode()
             _, kind, p, labels = _record(name, raw)[:4]

@@ -188,6 +188,9 @@ def test_a_writer_waiting_for_the_lock_lets_the_holder_finish(env: mdb.Env) -> N
     t.start()
     started.wait(10)
     assert not done.wait(0.2)  # waiting for the lock
+    with pytest.raises(mdb.MdbError, match="calls in flight") as e:
+        env.close()  # would free what the waiting begin uses
+    assert e.value.code == 16 and not env.closed
     holder.put(b"first", b"1", db)
     holder.commit()
     t.join(10)
